@@ -1,0 +1,300 @@
+"""The modes of the sendmail command, once argv has been parsed.
+
+deliver (-bm, the default): intake reads the message into a spool file, then
+  direct mode relays it now (exit 0 only after the relay's 250 to the end of
+  DATA), and queue mode commits it to the queue (exit 0 only once it is durable).
+aliases (-bi, -I, newaliases): check the aliases file, report errors by line.
+verify (-bv): show how each recipient would be routed; send nothing.
+list-queue (-bp, mailq), run-queue (-q): the queue tools.
+smtp (-bs): an SMTP session on stdin/stdout feeding the same intake.
+
+Hot path: queue mode must not import smtp, ssl, email, asyncio, logging or
+pydantic; each branch imports what it needs when it is taken.
+"""
+
+import os
+
+from pysendmail import errors
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from pysendmail.cli import Streams
+    from pysendmail.cli.argv import Invocation
+    from pysendmail.config import Settings
+    from pysendmail.log import Logger
+    from pysendmail.message.envelope import Envelope
+    from pysendmail.message.intake import IntakeOptions
+    from pysendmail.relay import DeliveryReport
+
+
+def run(inv: "Invocation", io: "Streams") -> int:
+    from pysendmail.cli import argv as a
+
+    mode = inv.mode
+    if mode == a.MODE_NOTHING:
+        return 0
+    if mode == a.MODE_DELIVER:
+        return deliver(inv, io)
+    if mode == a.MODE_ALIASES:
+        return newaliases(inv, io)
+    if mode == a.MODE_VERIFY:
+        return verify(inv, io)
+    if mode == a.MODE_LIST_QUEUE:
+        from pysendmail.cli import queuecmd
+
+        return queuecmd.list_queue(load_settings(inv, io), io)
+    if mode == a.MODE_RUN_QUEUE:
+        from pysendmail.cli import queuecmd
+
+        return queuecmd.run_queue(load_settings(inv, io), io, verbose=inv.verbose)
+    if mode == a.MODE_SMTP:
+        from pysendmail.cli import smtpin
+
+        return smtpin.serve_stdio(inv, io)
+    raise errors.UsageError(f"mode {mode} is not supported")
+
+
+def load_settings(inv: "Invocation", io: "Streams") -> "Settings":
+    from pysendmail.config import load_settings as load
+
+    return load(inv.config_path, io.environ)
+
+
+def logger_for(settings: "Settings", inv: "Invocation", io: "Streams") -> "Logger":
+    from pysendmail.log import Logger
+
+    return Logger(
+        settings.log.target,
+        settings.log.format,
+        settings.log.facility,
+        verbose=inv.verbose > 0,
+        stream=io.stderr,
+    )
+
+
+def local_hostnames(settings: "Settings") -> frozenset[str]:
+    """The names under which an address counts as this machine's (mutt writes root@<short name>)."""
+    names = {"localhost", "localhost.localdomain"}
+    for raw in (os.uname().nodename, settings.general.hostname):
+        if raw:
+            name = raw.lower().rstrip(".")
+            names.add(name)
+            names.add(name.split(".", 1)[0])
+    return frozenset(names)
+
+
+def load_aliases(settings: "Settings") -> "object":
+    from pysendmail.message.aliases import Aliases
+
+    return Aliases.load(settings.general.aliases_file)
+
+
+def intake_options(inv: "Invocation", settings: "Settings", io: "Streams") -> "IntakeOptions":
+    from pysendmail.message.intake import IntakeOptions
+
+    general = settings.general
+    rewrite = settings.rewrite
+    return IntakeOptions(
+        extract_recipients=inv.extract_recipients,
+        dot_ends_input=inv.dot_ends_input,
+        sender=inv.sender,
+        full_name=inv.full_name,
+        body_type=inv.body_type,
+        dsn_notify=inv.dsn_notify,
+        dsn_ret=inv.dsn_ret,
+        dsn_envid=inv.dsn_envid,
+        recipients=list(inv.recipients),
+        domain=general.domain,
+        hostname=general.hostname,
+        local_hostnames=local_hostnames(settings),
+        aliases=load_aliases(settings),
+        catchall=general.catchall,
+        sender_from_header=general.sender_from_header,
+        rewrite_sender=rewrite.sender,
+        rewrite_from_header=rewrite.from_header,
+        qualify_headers=rewrite.qualify_headers,
+        max_message_size=general.max_message_size,
+    )
+
+
+# --------------------------------------------------------------------------- deliver
+
+
+def deliver(inv: "Invocation", io: "Streams") -> int:
+    settings = load_settings(inv, io)
+    options = intake_options(inv, settings, io)
+    envelope, report = submit_from(inv, io, settings, options)
+    if report is None:
+        return 0
+    return report_status(inv, io, settings, envelope, report)
+
+
+def submit_from(
+    inv: "Invocation", io: "Streams", settings: "Settings", options: "IntakeOptions"
+) -> "tuple[Envelope | None, DeliveryReport | None]":
+    """Take the message on ``io.stdin`` through intake into the queue or to the relay.
+
+    Returns the envelope and, in direct mode, the relay's report; raises a
+    PysendmailError when the message could not be accepted at all.
+    """
+    if settings.general.mode == "direct":
+        with private_spool(io.environ) as spool:
+            envelope = receive(inv, io, options, spool)
+            spool.flush()
+            spool.seek(envelope.message_offset)
+            return envelope, relay_now(inv, io, settings, envelope, spool)
+    from pysendmail.cli import queuecmd
+
+    status = queuecmd.submit(inv, io, settings, options)
+    if status != 0:
+        raise errors.TemporaryFailure("the message could not be queued")
+    return None, None
+
+
+def private_spool(environ: "dict[str, str]") -> "BinaryIO":
+    """An anonymous file for direct mode: it vanishes when closed, whatever happens."""
+    tmpdir = environ.get("TMPDIR") or "/tmp"  # noqa: S108 - O_TMPFILE/unlinked, mode 0600
+    if not os.path.isdir(tmpdir):
+        tmpdir = "/tmp"  # noqa: S108
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmpdir, flags | os.O_TMPFILE, 0o600)
+    except (AttributeError, OSError):
+        name = os.path.join(tmpdir, ".pysendmail-" + os.urandom(9).hex())
+        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(name)
+    return os.fdopen(fd, "w+b")
+
+
+def receive(
+    inv: "Invocation", io: "Streams", options: "IntakeOptions", out: "BinaryIO"
+) -> "Envelope":
+    from pysendmail.message import intake
+
+    return intake.receive(io.stdin, out, options)
+
+
+def relay_now(
+    inv: "Invocation",
+    io: "Streams",
+    settings: "Settings",
+    envelope: "Envelope",
+    spool: "BinaryIO",
+) -> "DeliveryReport":
+    from pysendmail.config.secrets import resolve_password
+    from pysendmail.relay import Relay
+
+    def password(relay: object) -> "str | None":
+        return resolve_password(relay, settings)  # type: ignore[arg-type]
+
+    debug = io.stderr if inv.verbose else None
+    with Relay(
+        settings.relays,  # type: ignore[arg-type]
+        helo=settings.general.hostname,
+        password=password,
+        debug_output=debug,
+    ) as relay:
+        return relay.send(envelope, spool)
+
+
+def report_status(
+    inv: "Invocation",
+    io: "Streams",
+    settings: "Settings",
+    envelope: "Envelope",
+    report: "DeliveryReport",
+) -> int:
+    """Log each recipient, name the failures on stderr, and choose the exit status."""
+    from pysendmail.log import delivery_fields
+    from pysendmail.relay import BOUNCED, SENT
+
+    log = logger_for(settings, inv, io)
+    originals = {r.address: r.original for r in envelope.recipients}
+    failed = []
+    for result in report.recipients:
+        fields = delivery_fields(
+            result.address,
+            originals.get(result.address),
+            report.relay,
+            report.delay,
+            1,
+            result.status,
+            result.reply,
+        )
+        log.event(envelope.queue_id, "info" if result.status == SENT else "warning", **fields)
+        if result.status != SENT:
+            failed.append(result)
+    if not failed:
+        return 0
+    prog = os.path.basename(inv.prog) or "sendmail"
+    for result in failed:
+        verb = "refused" if result.status == BOUNCED else "deferred"
+        line = f"{prog}: <{result.address}>: {verb} by {report.relay}: {result.reply}"
+        _stderr(io, " ".join(line.split()))
+    err = report.error
+    if isinstance(err, errors.SMTPAuthenticationError | errors.SMTPSecurityError):
+        return errors.EX_NOPERM
+    if isinstance(err, errors.ConfigError):
+        return errors.EX_CONFIG
+    if any(r.status == BOUNCED for r in failed):
+        return errors.EX_UNAVAILABLE
+    return errors.EX_TEMPFAIL
+
+
+def _stderr(io: "Streams", line: str) -> None:
+    from pysendmail.log import printable
+
+    try:
+        io.stderr.write(printable(line, 4000) + "\n")
+        io.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# --------------------------------------------------------------------------- other modes
+
+
+def newaliases(inv: "Invocation", io: "Streams") -> int:
+    """Check the aliases file and report every bad line; exit 65 when there is one."""
+    from pysendmail.message.aliases import Aliases
+
+    settings = load_settings(inv, io)
+    path = settings.general.aliases_file
+    if not os.path.exists(path):
+        domain = settings.general.domain
+        io.stdout.write(f"{path}: no aliases file; bare names are qualified with {domain}\n")
+        return 0
+    aliases = Aliases.load(path)
+    for line in aliases.errors:
+        _stderr(io, line)
+    if aliases.errors:
+        _stderr(io, f"{path}: {len(aliases.errors)} error(s); fix them and run newaliases again")
+        return errors.EX_DATAERR
+    io.stdout.write(f"{path}: {len(aliases)} aliases, no errors\n")
+    return 0
+
+
+def verify(inv: "Invocation", io: "Streams") -> int:
+    """``-bv``: how each recipient would be routed; nothing is read from stdin or sent."""
+    from pysendmail.message.intake import resolve_recipient
+    from pysendmail.relay import routes_for
+
+    settings = load_settings(inv, io)
+    options = intake_options(inv, settings, io)
+    sender = options.sender
+    status = 0
+    for word in inv.recipients:
+        try:
+            targets = resolve_recipient(word, options)
+        except errors.PysendmailError as exc:
+            io.stdout.write(f"{word}: undeliverable: {exc}\n")
+            status = exc.exit_status
+            continue
+        for target in targets:
+            via = routes_for(sender or "", settings.relays)  # type: ignore[arg-type]
+            route = ", ".join(f"{r.host}:{r.port} ({r.tls})" for r in via) or "no relay"
+            shown = word if target == word else f"{word} -> {target}"
+            io.stdout.write(f"{shown}: deliverable via {route}\n")
+    return status
