@@ -1,0 +1,610 @@
+"""The SMTP client protocol without I/O: commands in, bytes out; bytes in, replies out.
+
+``ClientProtocol`` is the whole state of one SMTP session as the client sees
+it, in the manner of h11: the caller turns a command into wire bytes with
+``send(command)``, hands whatever the network delivered to ``receive_data``
+(``b""`` meaning the server closed the connection), and takes the replies from
+``next_reply``, which match the commands sent, in order. It never touches a
+socket, a clock or ``ssl``, so it is tested with scripted bytes and can be
+driven by the blocking client here or by an asyncio transport later.
+
+What it decides, so that no driver can get it wrong:
+
+* Every argument is checked before a byte is produced: no C0 control
+  character or DEL in any command (``ValueError``), no extension used that the
+  server did not offer (``SMTPUnsupportedCommand``), no message announced that
+  is larger than the server's SIZE limit (``SMTPMessageTooLarge``).
+* The MAIL parameters: SIZE when offered and the size is known, BODY=8BITMIME
+  when offered and the body has 8-bit octets, SMTPUTF8 when an address needs
+  it, and the DSN parameters dropped when the server does not offer DSN.
+* The state: which command may come next. A command that would be read as
+  something else by the server (anything during the message body, during an
+  AUTH exchange, or between a STARTTLS 220 and the TLS handshake) is refused
+  with ``LocalProtocolError``, as is anything out of order. With PIPELINING,
+  commands may be sent before the replies to earlier ones arrive; the state
+  then runs ahead on the assumption that they succeed, and falls back when a
+  reply says otherwise.
+* 421 from the server, a QUIT, the end of the connection or a malformed reply
+  close the session: every later ``send`` raises ``SMTPServerDisconnected``.
+
+Errors are split as h11 splits them: ``LocalProtocolError`` when the caller
+broke the protocol, ``SMTPProtocolError`` (from ``reply``) when the server did.
+Mapping an unwanted reply to an exception is the caller's business
+(``pysendmail.errors.error_for_reply``): this module reports, it does not
+judge.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pysendmail.errors import (
+    SMTPMessageTooLarge,
+    SMTPServerDisconnected,
+    SMTPUnsupportedCommand,
+)
+from pysendmail.smtp.address import DSN_PARAMETERS, Address, check_argument, format_parameter
+from pysendmail.smtp.encoder import BodyEncoder
+from pysendmail.smtp.reply import Capabilities, ReplyParser, Response, SMTPProtocolError
+
+__all__ = [
+    "Auth",
+    "AuthCancel",
+    "AuthResponse",
+    "ClientProtocol",
+    "Command",
+    "Data",
+    "Ehlo",
+    "Helo",
+    "LocalProtocolError",
+    "Mail",
+    "Noop",
+    "Quit",
+    "Rcpt",
+    "Rset",
+    "StartTLS",
+    "State",
+]
+
+_CRLF = b"\r\n"
+_END_OF_DATA = b".\r\n"
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller asked for something the protocol does not allow now (a bug in the caller)."""
+
+
+class State(enum.Enum):
+    """Where the session is, as far as the replies received so far tell."""
+
+    GREETING = "greeting"  # connected; the server's 220 has not arrived yet
+    CONNECTED = "connected"  # greeted (or just after TLS started): EHLO or HELO is next
+    READY = "ready"  # EHLO/HELO accepted; no mail transaction open
+    MAIL = "mail"  # MAIL FROM accepted; no recipient yet
+    RCPT = "rcpt"  # at least one RCPT TO sent after MAIL
+    BODY = "body"  # 354 received: the message content goes out now
+    AUTH = "auth"  # 334 received: an AUTH response line is due
+    TLS = "tls"  # 220 to STARTTLS: the TLS handshake must start now
+    CLOSED = "closed"  # QUIT, 421, end of connection or a protocol error
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class Command:
+    """A command the client can send. ``ClientProtocol.send`` turns it into bytes."""
+
+    __slots__ = ()
+    #: Its verb, for traces and messages.
+    verb: ClassVar[str] = ""
+
+    def trace(self, line: bytes) -> str:
+        """How the command appears in a debug trace: as sent, unless it carries secrets."""
+        return line.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Ehlo(Command):
+    """EHLO domain (RFC 5321 section 4.1.1.1)."""
+
+    domain: str
+    verb: ClassVar[str] = "EHLO"
+
+
+@dataclass(frozen=True, slots=True)
+class Helo(Command):
+    """HELO domain, for servers that do not speak ESMTP."""
+
+    domain: str
+    verb: ClassVar[str] = "HELO"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Command):
+    """STARTTLS (RFC 3207)."""
+
+    verb: ClassVar[str] = "STARTTLS"
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Command):
+    """AUTH mechanism [initial-response] (RFC 4954); ``initial`` is raw, base64 is done here."""
+
+    mechanism: str
+    initial: bytes | None = None
+    verb: ClassVar[str] = "AUTH"
+
+    def trace(self, line: bytes) -> str:
+        if self.initial is None:
+            return line.decode("ascii", "replace")
+        return f"AUTH {self.mechanism} <redacted>\r\n"
+
+    def __repr__(self) -> str:
+        # Keeps credentials out of tracebacks that show locals or arguments.
+        return f"Auth({self.mechanism!r}, <redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Command):
+    """One answer to a 334 challenge; ``data`` is raw, base64 is done here."""
+
+    data: bytes
+    verb: ClassVar[str] = "AUTH response"
+
+    def trace(self, line: bytes) -> str:
+        return "<redacted>\r\n"
+
+    def __repr__(self) -> str:
+        return "AuthResponse(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthCancel(Command):
+    """The line "*": abandons an AUTH exchange after a 334 (RFC 4954 section 4)."""
+
+    verb: ClassVar[str] = "AUTH cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Mail(Command):
+    """MAIL FROM, with the parameters the session decides on.
+
+    ``size`` is the message's octets after line-end normalisation, when known
+    (declared as SIZE= when the server offers SIZE, and checked against its
+    limit); ``eightbit`` says the body has 8-bit octets (BODY=8BITMIME when
+    offered); ``smtputf8`` asks for SMTPUTF8 because some recipient needs it
+    (the sender's own address is looked at here).
+    """
+
+    sender: Address
+    size: int | None = None
+    eightbit: bool = False
+    smtputf8: bool = False
+    verb: ClassVar[str] = "MAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Rcpt(Command):
+    """RCPT TO, with the recipient's own parameters."""
+
+    recipient: Address
+    verb: ClassVar[str] = "RCPT"
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Command):
+    """DATA: the server answers 354 and the body follows."""
+
+    verb: ClassVar[str] = "DATA"
+
+
+@dataclass(frozen=True, slots=True)
+class Rset(Command):
+    """RSET: abandons the mail transaction."""
+
+    verb: ClassVar[str] = "RSET"
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Command):
+    """NOOP."""
+
+    verb: ClassVar[str] = "NOOP"
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Command):
+    """QUIT: the server answers 221 and closes."""
+
+    verb: ClassVar[str] = "QUIT"
+
+
+@dataclass(frozen=True, slots=True)
+class _Greeting(Command):
+    verb: ClassVar[str] = "greeting"
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfData(Command):
+    verb: ClassVar[str] = "end of data"
+
+
+_GREETING = _Greeting()
+_END = _EndOfData()
+
+# The states each command may be sent in. EHLO and RSET may interrupt a mail
+# transaction (RFC 5321 sections 4.1.4 and 4.1.1.5); nothing may be sent while
+# the server reads a body, an AUTH answer or a TLS handshake, because it would
+# take the command for one of those.
+_ALLOWED: dict[type[Command], frozenset[State]] = {
+    Ehlo: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+    Helo: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+    StartTLS: frozenset({State.READY}),
+    Auth: frozenset({State.READY}),
+    AuthResponse: frozenset({State.AUTH}),
+    AuthCancel: frozenset({State.AUTH}),
+    Mail: frozenset({State.READY}),
+    Rcpt: frozenset({State.MAIL, State.RCPT}),
+    Data: frozenset({State.RCPT}),
+    Rset: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+    Noop: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+    Quit: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+}
+
+# Commands that must wait for every earlier reply: their reply decides what
+# the connection is (a TLS handshake, an AUTH exchange, the body, its end).
+_NOT_PIPELINABLE = (StartTLS, Auth, AuthResponse, AuthCancel)
+
+
+def _advance(state: State, command: Command, code: int | None) -> State:
+    """The state after ``command`` got a reply with ``code`` (None: assume it succeeds).
+
+    The one transition table of the session.
+    """
+    if code == 421 or isinstance(command, Quit):
+        return State.CLOSED
+    klass = None if code is None else code // 100
+    if isinstance(command, _Greeting):
+        # A 554 greeting still leaves the server waiting for QUIT.
+        return State.CONNECTED
+    if isinstance(command, Ehlo | Helo):
+        return State.READY if klass in (None, 2) else state
+    if isinstance(command, StartTLS):
+        return State.TLS if code in (None, 220) else State.READY
+    if isinstance(command, Auth | AuthResponse | AuthCancel):
+        if code is None or code == 334:
+            return State.AUTH
+        return State.READY
+    if isinstance(command, Mail):
+        return State.MAIL if klass in (None, 2) else State.READY
+    if isinstance(command, Rcpt):
+        return State.RCPT if klass in (None, 2) else state
+    if isinstance(command, Data):
+        # 354 opens the body even when no recipient was accepted (a server
+        # bug): the caller must then end an empty body at once (RFC 2920).
+        return State.BODY if code in (None, 354) else state
+    if isinstance(command, _EndOfData):
+        return State.READY
+    if isinstance(command, Rset):
+        if klass in (None, 2) and state is not State.CONNECTED:
+            return State.READY
+        return state
+    return state  # NOOP
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class ClientProtocol:
+    """One SMTP client session, without I/O. See the module docstring.
+
+    Attributes the caller may read: ``state`` (what the replies so far say),
+    ``capabilities`` (from the last EHLO; empty after HELO and after STARTTLS
+    until the next EHLO), ``esmtp`` (the last greeting was an accepted EHLO),
+    ``authenticated`` and ``pending`` (replies still to come).
+    """
+
+    def __init__(self) -> None:
+        self._parser = ReplyParser()
+        self._pending: deque[Command] = deque([_GREETING])
+        self.state: State = State.GREETING
+        # The state once every pending command has succeeded: what the next
+        # command is checked against when pipelining.
+        self._projected = State.CONNECTED
+        self.capabilities = Capabilities()
+        self.esmtp = False
+        self.authenticated = False
+        self._eof = False
+        self._encoder: BodyEncoder | None = None
+        self._body_octets = 0
+        self._closed_reason = ""
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def pending(self) -> int:
+        """How many replies are still owed by the server."""
+        return len(self._pending)
+
+    @property
+    def pipelining(self) -> bool:
+        """Whether the server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go at once."""
+        return "PIPELINING" in self.capabilities
+
+    @property
+    def max_size(self) -> int | None:
+        """The server's SIZE limit in octets, or None when it declares none (or "SIZE 0")."""
+        params = self.capabilities.get("SIZE")
+        if not params:
+            return None
+        value = params[0]
+        if not value.isdigit() or int(value) == 0:
+            return None
+        return int(value)
+
+    @property
+    def auth_mechanisms(self) -> list[str]:
+        """The AUTH mechanisms the server offers (upper-case), in its order."""
+        return list(self.capabilities.get("AUTH", ()))
+
+    @property
+    def body_octets(self) -> int:
+        """Octets of the current or last message body, normalised, before dot-stuffing."""
+        return self._body_octets
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the server; ``b""`` means the server closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        self._parser.feed(data)
+
+    def next_reply(self) -> Response | None:
+        """The reply to the oldest pending command, or None when more bytes are needed.
+
+        Raises ``SMTPServerDisconnected`` when the connection ended first and
+        ``SMTPProtocolError`` when the server sent something malformed; both
+        close the session.
+        """
+        if not self._pending:
+            raise LocalProtocolError("no reply is due: no command is waiting for one")
+        try:
+            reply = self._parser.next_reply()
+        except SMTPProtocolError as exc:
+            self._close(str(exc))
+            raise
+        if reply is None:
+            if self._eof:
+                where = " in the middle of a reply" if self._parser.buffered else ""
+                verb = self._pending[0].verb
+                self._close(f"the server closed the connection{where}")
+                raise SMTPServerDisconnected(
+                    f"the server closed the connection{where} (waiting for the reply to {verb})"
+                )
+            return None
+        command = self._pending.popleft()
+        self._on_reply(command, reply)
+        return reply
+
+    def _on_reply(self, command: Command, reply: Response) -> None:
+        code = reply.code
+        before = self.state
+        self.state = _advance(before, command, code)
+        if self.state is State.CLOSED:
+            self._closed_reason = f"the server said: {reply}"
+            self._pending.clear()
+            self._projected = State.CLOSED
+            return
+        if isinstance(command, Ehlo):
+            if reply.success:
+                self.capabilities = reply.capabilities
+                self.esmtp = True
+        elif isinstance(command, Helo):
+            if reply.success:
+                self.capabilities = Capabilities()
+                self.esmtp = False
+        elif isinstance(command, Auth | AuthResponse) and code == 235:
+            self.authenticated = True
+        elif isinstance(command, StartTLS) and code == 220 and self._parser.buffered:
+            # Whatever follows the 220 was sent in plaintext before the
+            # handshake: an attacker's injection (CVE-2011-0411 in reverse).
+            # It is dropped here and again in tls_started().
+            self._parser.clear()
+        succeeded = self.state is _advance(before, command, None)
+        if not succeeded or self.state is State.BODY:
+            # Recompute where the still pending commands lead from here.
+            projected: State = self.state
+            for later in self._pending:
+                projected = _advance(projected, later, None)
+            self._projected = projected
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self._projected = State.CLOSED
+        self._pending.clear()
+        self._encoder = None
+        if not self._closed_reason:
+            self._closed_reason = reason
+
+    def connection_lost(self, reason: str) -> None:
+        """The caller's transport failed (I/O error, timeout): the session is over."""
+        self._close(reason)
+
+    # ------------------------------------------------------------------ sending
+
+    def encode(self, command: Command) -> bytes:
+        """The wire bytes of ``command``, checked, without changing any state.
+
+        Raises ValueError for a forbidden character or a malformed argument,
+        SMTPUnsupportedCommand for an extension the server did not offer and
+        SMTPMessageTooLarge for a message over the server's SIZE limit.
+        """
+        if isinstance(command, Ehlo | Helo):
+            domain = check_argument(command.domain, f"{command.verb} name")
+            if not domain or not domain.isascii() or " " in domain:
+                raise ValueError(
+                    f"{command.verb} name must be a non-empty ASCII domain or address "
+                    f"literal without spaces: {domain!r}"
+                )
+            line = f"{command.verb} {domain}"
+        elif isinstance(command, Mail):
+            line = self._mail_line(command)
+        elif isinstance(command, Rcpt):
+            line = self._rcpt_line(command)
+        elif isinstance(command, Auth):
+            mechanism = check_argument(command.mechanism, "AUTH mechanism").upper()
+            if not mechanism or not mechanism.isascii() or " " in mechanism:
+                raise ValueError(f"not an AUTH mechanism name: {mechanism!r}")
+            if command.initial is None:
+                line = f"AUTH {mechanism}"
+            else:
+                # RFC 4954 section 4: an empty initial response is sent as "=".
+                line = f"AUTH {mechanism} {_b64(command.initial) or '='}"
+        elif isinstance(command, AuthResponse):
+            line = _b64(command.data)
+        elif isinstance(command, AuthCancel):
+            line = "*"
+        elif isinstance(command, StartTLS | Data | Rset | Noop | Quit):
+            line = command.verb
+        else:
+            raise LocalProtocolError(f"not a command that can be sent: {command!r}")
+        # Belt and braces: whatever built the line, no control character leaves.
+        check_argument(line, f"{command.verb} command")
+        if line.isascii():
+            return line.encode("ascii") + _CRLF
+        return line.encode("utf-8") + _CRLF
+
+    def _check_utf8(self, address: Address, what: str) -> None:
+        if address.needs_smtputf8() and "SMTPUTF8" not in self.capabilities:
+            raise SMTPUnsupportedCommand(
+                f"the {what} address {address.address!r} is not ASCII and the server "
+                "does not offer SMTPUTF8"
+            )
+
+    def _parameters(self, address: Address) -> dict[str, str | None]:
+        params = dict(address.parameters)
+        if "DSN" not in self.capabilities:
+            # RFC 3461 parameters are an extension: a server that did not offer
+            # DSN would refuse the whole command for them.
+            for key in DSN_PARAMETERS:
+                params.pop(key, None)
+        return params
+
+    def _mail_line(self, command: Mail) -> str:
+        sender = command.sender
+        self._check_utf8(sender, "sender")
+        params = self._parameters(sender)
+        size = command.size
+        if size is not None:
+            limit = self.max_size
+            if limit is not None and size > limit:
+                raise SMTPMessageTooLarge(
+                    f"the message is {size} octets and the server accepts at most {limit}"
+                )
+            if "SIZE" in self.capabilities:
+                params.setdefault("SIZE", str(size))
+        if command.eightbit and "8BITMIME" in self.capabilities:
+            params.setdefault("BODY", "8BITMIME")
+        if command.smtputf8 or sender.needs_smtputf8() or "SMTPUTF8" in params:
+            if "SMTPUTF8" not in self.capabilities:
+                raise SMTPUnsupportedCommand(
+                    "an address needs SMTPUTF8 (RFC 6531) and the server does not offer it"
+                )
+            params.setdefault("SMTPUTF8", None)
+        text = "".join(" " + format_parameter(k, v) for k, v in params.items())
+        return f"MAIL FROM:<{sender.address}>{text}"
+
+    def _rcpt_line(self, command: Rcpt) -> str:
+        recipient = command.recipient
+        if not recipient.address:
+            raise ValueError("a recipient address cannot be empty")
+        self._check_utf8(recipient, "recipient")
+        params = self._parameters(recipient)
+        text = "".join(" " + format_parameter(k, v) for k, v in params.items())
+        return f"RCPT TO:<{recipient.address}>{text}"
+
+    def _check_open(self) -> None:
+        if self.state is State.CLOSED or self._projected is State.CLOSED:
+            reason = self._closed_reason or "the session is closed"
+            raise SMTPServerDisconnected(f"the SMTP session is closed: {reason}")
+
+    def send(self, command: Command) -> bytes:
+        """Check ``command`` against the state, then return its bytes and await its reply."""
+        self._check_open()
+        allowed = _ALLOWED.get(type(command))
+        if allowed is None:
+            raise LocalProtocolError(f"not a command that can be sent: {command!r}")
+        if isinstance(command, _NOT_PIPELINABLE) and self._pending:
+            raise LocalProtocolError(
+                f"{command.verb} must wait for the replies to the commands before it"
+            )
+        if self._pending and not self.pipelining:
+            raise LocalProtocolError(
+                f"{command.verb} sent before the previous reply arrived, and the server "
+                "does not offer PIPELINING"
+            )
+        if self._projected not in allowed:
+            raise LocalProtocolError(
+                f"{command.verb} is not allowed now (session state: {self._projected.value})"
+            )
+        data = self.encode(command)
+        self._check_unsolicited()
+        self._pending.append(command)
+        self._projected = _advance(self._projected, command, None)
+        return data
+
+    def _check_unsolicited(self) -> None:
+        if self._pending or not self._parser.buffered:
+            return
+        # Bytes nobody asked for would be taken as the reply to this command.
+        # Only a 421 may come unasked (RFC 5321 section 3.8): it then answers
+        # this command and closes the session.
+        if self._parser.peek_status() == b"421":
+            return
+        self._close("the server sent a reply nobody asked for")
+        raise SMTPProtocolError("the server sent a reply nobody asked for; the session is closed")
+
+    def tls_started(self) -> None:
+        """The caller completed the TLS handshake after a 220 to STARTTLS.
+
+        Everything received before it is dropped, and the capabilities are
+        forgotten: RFC 3207 section 4.2 says EHLO must be sent again and
+        nothing learnt in plaintext be trusted.
+        """
+        if self.state is not State.TLS:
+            raise LocalProtocolError("tls_started() without a 220 reply to STARTTLS")
+        self._parser.clear()
+        self.capabilities = Capabilities()
+        self.esmtp = False
+        self.state = self._projected = State.CONNECTED
+
+    # ------------------------------------------------------------------ the body
+
+    def send_body(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Wire bytes for a piece of the message: line ends normalised, leading dots doubled."""
+        if self.state is not State.BODY or self._pending:
+            self._check_open()
+            raise LocalProtocolError("message data may be sent only after a 354 reply to DATA")
+        if self._encoder is None:
+            self._encoder = BodyEncoder()
+        return self._encoder.feed(data)
+
+    def end_body(self) -> bytes:
+        """The rest of the message, a final CRLF if it lacks one, and the "." line."""
+        if self.state is not State.BODY or self._pending:
+            self._check_open()
+            raise LocalProtocolError("the message can be ended only after a 354 reply to DATA")
+        encoder = self._encoder or BodyEncoder()
+        self._encoder = None
+        tail = encoder.finish()
+        self._body_octets = encoder.size
+        self._pending.append(_END)
+        self._projected = State.READY
+        return tail + _END_OF_DATA
