@@ -410,7 +410,7 @@ class ClientProtocol:
             if reply.success:
                 self.capabilities = Capabilities()
                 self.esmtp = False
-        elif isinstance(command, Auth | AuthResponse) and code == 235:
+        elif isinstance(command, Auth | AuthResponse) and reply.success:
             self.authenticated = True
         elif isinstance(command, StartTLS) and code == 220 and self._parser.buffered:
             # Whatever follows the 220 was sent in plaintext before the
