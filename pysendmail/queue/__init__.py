@@ -1,0 +1,67 @@
+"""The durable, maildir-style mail queue (DESIGN.md, "The queue").
+
+``sendmail`` in queue mode writes each message once, into a file that becomes
+the queue file, and exits 0 only when that file and its directory entry are
+on disk::
+
+    q = Queue(settings.general.queue_dir)
+    with q.begin(queue_id) as pending:          # tmp/ID, or maildrop/.ID for other users
+        envelope = intake.receive(stdin, pending.file, options)
+        pending.commit()                         # fsync, link into queue/, fsync the folder, poke
+
+The runner (``pysendmail.runner``) takes messages one at a time under a lock::
+
+    for queue_id in q.ids():
+        claim = q.claim(queue_id)                # None: another runner has it, or it is gone
+        if claim is None: continue
+        with claim:                              # claim.envelope, claim.state, claim.message()
+            ...; claim.save(state)               # per-recipient state, replaced atomically
+            claim.done()  # or claim.fail(), or just leave the block: still queued
+
+and calls ``q.pickup(max_size)`` for the maildrop, ``q.clean_tmp(age)`` for
+what crashed writers left, and ``q.watch().wait(timeout)`` to sleep until
+poked. The admin tools use ``hold``, ``release``, ``requeue``, ``flush`` and
+``delete``.
+
+The modules: ``spool`` (layout, commit, claim, state files, admin moves),
+``state`` (the per-recipient delivery state), ``pickup`` (the maildrop check),
+``setup`` (``pysendmail queue init``).
+
+What this package must never do: acknowledge a message that is not durable,
+hand one message to two runners at once, let a user other than the queue
+owner read a queued message, trust a byte of a queue, maildrop or state file,
+or import SMTP, ``email``, ``json`` (except in the state functions), ``typing``
+or any other module that slows the ``sendmail`` hot path.
+
+SECURITY: see ``spool`` and ``pickup``: files are opened ``O_NOFOLLOW`` and
+checked with ``fstat``; maildrop files are copied, never renamed, after
+checking type, links, size, completeness and submitter; queue files are 0600
+in folders of 0700.
+"""
+
+import os
+import time
+
+from pysendmail.queue.spool import Claim, NoSuchMessage, Pending, Queue, Trigger, check_id
+
+__all__ = [
+    "Claim",
+    "NoSuchMessage",
+    "Pending",
+    "Queue",
+    "Trigger",
+    "check_id",
+    "make_queue_id",
+]
+
+
+def make_queue_id() -> str:
+    """A new queue id: 13 hex digits of the time in microseconds, then 20 random bits.
+
+    Ids sort by arrival (until the year 2112), name files safely (only
+    ``0-9A-F``) and do not collide between processes in practice; the commit
+    refuses to replace a queued message even if one did.
+    """
+    stamp = time.time_ns() // 1000
+    rand = int.from_bytes(os.urandom(3), "big") >> 4
+    return f"{stamp:013X}{rand:05X}"

@@ -1,0 +1,856 @@
+"""The spool on disk: commit, claim, state, hold/release/delete, clean-up.
+
+Layout under the queue root (``general.queue_dir``)::
+
+    root/            0711  root (or the queue owner)  traversable, not listable
+      tmp/           0700  owner   files being written; staged pickups
+      queue/         0700  owner   committed messages, one immutable file each
+      state/         0700  owner   per-message delivery state (state.py)
+      hold/          0700  owner   messages put on hold by an admin
+      failed/        0700  owner   given up (bounced or unreadable), kept for inspection
+      maildrop/      3733  owner:group  submissions of users who are not the owner
+      trigger        0622  owner   FIFO: a byte written here wakes a watching runner
+
+A queue file is the envelope prelude (``pysendmail.message.envelope``) then the
+message; its name is its queue id. Commit is the Maildir discipline: create in
+``tmp/`` with ``O_EXCL``, write, ``fsync``, link into ``queue/`` (a link never
+replaces an existing file, unlike rename), unlink the temporary name, ``fsync``
+the directory. Only then is the message acknowledged. Whoever is not the owner
+of ``queue/`` writes a dot-file into ``maildrop/`` instead and renames it to
+its queue id; the runner checks and copies it (pickup.py).
+
+What this module must never do: acknowledge a message before its bytes and
+its directory entry are on disk; replace a queued file; follow a symbolic link
+or block on a FIFO; let two runners hold the same message; speak SMTP.
+
+SECURITY: every file under the root is read as hostile input (a maildrop file
+comes from any local user, and a queue file could be damaged). Files are
+opened with ``O_NOFOLLOW`` and checked with ``fstat``; queue and state files
+are created 0600, directories 0700, so nobody but the owner reads a message.
+The module imports only ``os``, ``errno``, ``stat``, ``time``, ``io`` and the
+project's hot-path modules at run time: ``sendmail`` imports it on every call.
+"""
+
+import errno
+import io
+import os
+import stat
+import time
+
+from pysendmail.errors import (
+    EX_NOINPUT,
+    CantCreateError,
+    DataError,
+    IOFailure,
+    PermissionDeniedError,
+    PysendmailError,
+    TemporaryFailure,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from pysendmail.message.envelope import Envelope
+    from pysendmail.queue.pickup import PickupResult
+    from pysendmail.queue.state import State
+
+FOLDERS = ("tmp", "queue", "state", "hold", "failed", "maildrop")
+#: Where a message can be, in the order ``locate`` looks.
+MESSAGE_FOLDERS = ("queue", "hold", "failed")
+TRIGGER = "trigger"
+DEFAULT_OWNER = "pysendmail"
+
+ROOT_MODE = 0o711
+DIR_MODE = 0o700
+MAILDROP_MODE = 0o3733  # setgid + sticky, writable and traversable by all, not listable
+TRIGGER_MODE = 0o622
+FILE_MODE = 0o600
+MAILDROP_FILE_MODE = 0o640  # group (the maildrop's) may read: that is the runner
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+_READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
+_WRITE_BUFFER = 65536
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_id(queue_id: str) -> str:
+    """A queue id that is safe as a file name, or ``DataError``."""
+    from pysendmail.message.envelope import check_queue_id
+
+    return check_queue_id(queue_id)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` durable (after a link, rename or unlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class NoSuchMessage(PysendmailError):
+    """No message has this queue id in queue/, hold/ or failed/ (Postfix: "no such queue id")."""
+
+    exit_status = EX_NOINPUT
+
+    def __init__(self, queue_id: str) -> None:
+        super().__init__(f"{queue_id}: no such queue id")
+        self.queue_id = queue_id
+
+
+class Pending:
+    """A message being written: ``file`` is where the intake writes prelude and message.
+
+    Use it as a context manager: leaving the block without ``commit()`` (an
+    exception, a signal that raises) removes the temporary file. ``committing``
+    turns true when ``commit()`` starts, so a signal handler can tell that it
+    should let the commit finish rather than abort it.
+    """
+
+    __slots__ = (
+        "committed",
+        "committing",
+        "file",
+        "final",
+        "maildrop",
+        "path",
+        "queue",
+        "queue_id",
+    )
+
+    def __init__(
+        self, queue: "Queue", queue_id: str, path: str, final: str, fd: int, maildrop: bool
+    ) -> None:
+        self.queue = queue
+        self.queue_id = queue_id
+        self.path = path
+        self.final = final
+        self.maildrop = maildrop
+        self.committed = False
+        self.committing = False
+        try:
+            self.file: BinaryIO = os.fdopen(fd, "w+b", buffering=_WRITE_BUFFER)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def __enter__(self) -> "Pending":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; the message was not queued."""
+        if self.committed:
+            return
+        _close_quietly(self.file)  # a failed flush of what we throw away anyway
+        _unlink_quietly(self.path)
+
+    def commit(self) -> str:
+        """Make the message durable and visible to a runner; return the path it now has.
+
+        Raises ``TemporaryFailure`` when the disk is full, ``CantCreateError``
+        when the queue id is taken, ``IOFailure`` for any other failure or a
+        file the intake did not finish; in every case nothing is left behind.
+        """
+        self.committing = True
+        where = os.path.dirname(self.final)
+        linked = False
+        try:
+            f = self.file
+            f.flush()
+            fd = f.fileno()
+            self._check_complete(fd)
+            os.fsync(fd)
+            if self.maildrop:
+                os.rename(self.path, self.final)
+                linked = True
+                self._sync_maildrop(fd)
+            else:
+                linked = _link_or_rename(self.path, self.final)
+                fsync_dir(where)
+            f.close()
+        except OSError as exc:
+            if linked:
+                _unlink_quietly(self.final)
+            self.abort()
+            if exc.errno in _NO_SPACE:
+                raise TemporaryFailure(
+                    f"{where}: {_strerror(exc)}; nothing was queued, try again later"
+                ) from None
+            if exc.errno == errno.EEXIST:
+                raise CantCreateError(
+                    f"{self.final}: queue id {self.queue_id} is already in use; nothing was queued"
+                ) from None
+            raise IOFailure(
+                f"{exc.filename or where}: {_strerror(exc)}; nothing was queued"
+            ) from None
+        except BaseException:
+            if linked:
+                _unlink_quietly(self.final)
+            self.abort()
+            raise
+        self.committed = True
+        self.queue.poke()
+        return self.final
+
+    def _check_complete(self, fd: int) -> None:
+        # The envelope records the message size once the intake has seen the
+        # end of input; a file of any other size is not finished and must not
+        # be acknowledged. This also proves that whatever is queued parses.
+        from pysendmail.message.envelope import MAX_PRELUDE, Envelope
+
+        head = os.pread(fd, MAX_PRELUDE, 0)
+        try:
+            env = Envelope.from_file(io.BytesIO(head))
+        except DataError as exc:
+            raise IOFailure(
+                f"{self.path}: the spool file is not a complete message: {exc}"
+            ) from None
+        actual = os.fstat(fd).st_size
+        expected = env.message_offset + env.size
+        if env.queue_id != self.queue_id or actual != expected:
+            raise IOFailure(
+                f"{self.path}: the spool file is not complete (id {env.queue_id},"
+                f" {actual} octets where the envelope says {expected}); nothing was queued"
+            )
+
+    def _sync_maildrop(self, fd: int) -> None:
+        # A user who is not the queue owner cannot open the maildrop (mode 3733
+        # has no read bit for them) and so cannot fsync it. The rename changed
+        # the file's ctime, so a second fsync of the file must commit a journal
+        # transaction, and on ext4 and XFS that transaction also holds the
+        # directory change made before it. The owner fsyncs the directory.
+        try:
+            fsync_dir(os.path.dirname(self.final))
+        except PermissionError:
+            os.fsync(fd)
+
+
+def _link_or_rename(src: str, dst: str) -> bool:
+    """Move ``src`` to ``dst`` without ever replacing ``dst``; True once ``dst`` exists."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        # A file system without hard links: rename, after checking by hand.
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        os.rename(src, dst)
+        return True
+    _unlink_quietly(src)
+    return True
+
+
+def _unlink_quietly(path: str) -> bool:
+    """Remove ``path`` if it is there; False when it was not (or could not be removed)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def _close_quietly(f: "BinaryIO") -> None:
+    # contextlib.suppress would cost the hot path an import of contextlib.
+    try:
+        f.close()
+    except OSError:
+        return
+
+
+class Claim:
+    """A message held for delivery under an exclusive ``flock`` on its queue file.
+
+    ``file`` reads the queue file; ``envelope`` and ``state`` are parsed from
+    it and from ``state/ID`` (a fresh state when there is none). The lock is
+    released when the claim is closed (``release()``, ``done()``, ``fail()`` or
+    leaving the ``with`` block), and also if the process dies.
+    """
+
+    __slots__ = ("envelope", "file", "path", "queue", "queue_id", "state")
+
+    def __init__(
+        self,
+        queue: "Queue",
+        queue_id: str,
+        path: str,
+        file: "BinaryIO",
+        envelope: "Envelope",
+        state: "State",
+    ) -> None:
+        self.queue = queue
+        self.queue_id = queue_id
+        self.path = path
+        self.file = file
+        self.envelope = envelope
+        self.state = state
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def message(self) -> "BinaryIO":
+        """The queue file, positioned at the first octet of the message."""
+        self.file.seek(self.envelope.message_offset)
+        return self.file
+
+    def save(self, state: "State | None" = None, *, sync: bool = True) -> None:
+        """Record the delivery state (atomically; durable before return when ``sync``)."""
+        if state is not None:
+            self.state = state
+        self.queue.write_state(self.queue_id, self.state, sync=sync)
+
+    def done(self) -> None:
+        """Every recipient is finished: remove the message, then its state."""
+        q = self.queue
+        try:
+            os.unlink(self.path)
+            fsync_dir(q.dir("queue"))
+        except FileNotFoundError:
+            pass
+        finally:
+            self.release()
+        _unlink_quietly(q.path("state", self.queue_id))
+
+    def fail(self) -> None:
+        """Give up: move the message to ``failed/`` (its state stays, for inspection)."""
+        q = self.queue
+        try:
+            _link_or_rename(self.path, q.path("failed", self.queue_id))
+            fsync_dir(q.dir("failed"))
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Unlock without changing anything (the message stays queued)."""
+        _close_quietly(self.file)
+
+
+class Queue:
+    """One spool directory tree (see the module docstring for the layout)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.root!r})"
+
+    def dir(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def path(self, folder: str, name: str) -> str:
+        return os.path.join(self.root, folder, name)
+
+    # ------------------------------------------------------------------ submit
+
+    def begin(self, queue_id: str) -> Pending:
+        """Start writing message ``queue_id``: in ``tmp/`` for the owner, else in ``maildrop/``.
+
+        A queue root that does not exist yet is created (``ensure``) when its
+        parent belongs to this user, as a personal queue does; a system queue is
+        made by ``pysendmail queue init``. Raises ``CantCreateError`` (73) with
+        what to do when no file can be created.
+        """
+        check_id(queue_id)
+        euid = os.geteuid()
+        try:
+            owner = os.stat(self.dir("queue")).st_uid
+        except FileNotFoundError:
+            owner = self._create_personal(euid)
+        except OSError as exc:
+            raise CantCreateError(
+                f"{self.dir('queue')}: {_strerror(exc)}; run `pysendmail queue init` as root"
+            ) from None
+        if owner == euid:
+            path = self.path("tmp", queue_id)
+            final = self.path("queue", queue_id)
+            maildrop = False
+            mode = FILE_MODE
+        else:
+            path = self.path("maildrop", "." + queue_id)
+            final = self.path("maildrop", queue_id)
+            maildrop = True
+            mode = MAILDROP_FILE_MODE
+        try:
+            fd = os.open(path, _CREATE, mode)
+        except FileExistsError:
+            raise CantCreateError(f"{path}: queue id {queue_id} is already in use") from None
+        except OSError as exc:
+            where = os.path.dirname(path)
+            hint = (
+                "run `pysendmail queue init` as root"
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS)
+                else "check the disk and try again"
+            )
+            raise CantCreateError(
+                f"cannot create a file in {where}: {_strerror(exc)}; {hint}"
+            ) from None
+        try:
+            if maildrop:
+                # The umask may have taken the group's read bit; the runner needs it.
+                os.fchmod(fd, mode)
+            return Pending(self, queue_id, path, final, fd, maildrop)
+        except BaseException:
+            _unlink_quietly(path)
+            raise
+
+    def _create_personal(self, euid: int) -> int:
+        parent = os.path.dirname(self.root)
+        try:
+            parent_owner = os.stat(parent).st_uid
+        except OSError:
+            parent_owner = -1
+        if os.path.lexists(self.root) or parent_owner != euid:
+            raise CantCreateError(
+                f"{self.root}: the queue does not exist; run `pysendmail queue init` as root"
+            )
+        self.ensure()
+        return euid
+
+    def poke(self) -> bool:
+        """Wake a runner that watches the trigger FIFO; False when none listens. Never blocks."""
+        try:
+            fd = os.open(
+                os.path.join(self.root, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+            )
+        except OSError:
+            return False  # no FIFO, or nobody reading it (ENXIO): nothing to wake
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return False
+            os.write(fd, b"\n")
+        except OSError:
+            return False  # full: the runner has been poked already
+        finally:
+            os.close(fd)
+        return True
+
+    def watch(self) -> "Trigger":
+        """Open the trigger FIFO for a runner that waits to be poked (``queue run --watch``)."""
+        return Trigger(os.path.join(self.root, TRIGGER))
+
+    # ------------------------------------------------------------------ setup
+
+    def ensure(self, user: str = DEFAULT_OWNER) -> list[str]:
+        """Create or repair the layout; return one line per change (``pysendmail queue init``).
+
+        As root, the folders belong to ``user`` (and the maildrop to its group)
+        when that user exists, so the runner can drop root; packaging creates
+        the user. Otherwise everything belongs to the current user.
+        """
+        from pysendmail.queue import setup
+
+        return setup.ensure(self, user)
+
+    # ------------------------------------------------------------------ inventory
+
+    def ids(self, folder: str = "queue") -> list[str]:
+        """The queue ids in ``folder``, oldest first (names that are not ids are skipped).
+
+        Raises ``PermissionDeniedError`` when this user may not read the queue.
+        """
+        from pysendmail.message.envelope import check_queue_id
+
+        try:
+            names = os.listdir(self.dir(folder))
+        except FileNotFoundError:
+            return []
+        except PermissionError:
+            raise self.denied() from None
+        result = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                check_queue_id(name)
+            except DataError:
+                continue
+            result.append(name)
+        return sorted(result)
+
+    def denied(self) -> PermissionDeniedError:
+        """The one-line error for a user who may not read this queue."""
+        try:
+            uid = os.stat(self.dir("queue")).st_uid
+            import pwd
+
+            who = pwd.getpwuid(uid).pw_name
+        except (OSError, KeyError):
+            who = "its owner"
+        return PermissionDeniedError(
+            f"{self.root}: the mail queue is readable only by {who}; run this as root or as {who}"
+        )
+
+    def locate(self, queue_id: str) -> "str | None":
+        """The folder (queue, hold or failed) that holds ``queue_id``, or ``None``."""
+        check_id(queue_id)
+        for folder in MESSAGE_FOLDERS:
+            try:
+                st = os.lstat(self.path(folder, queue_id))
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise self.denied() from None
+            if stat.S_ISREG(st.st_mode):
+                return folder
+        return None
+
+    def open_message(self, folder: str, queue_id: str) -> "BinaryIO":
+        """Open a message file read-only, refusing links, FIFOs and devices."""
+        check_id(queue_id)
+        path = self.path(folder, queue_id)
+        try:
+            fd = os.open(path, _READ)
+        except PermissionError:
+            raise self.denied() from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(f"{path}: not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_envelope(self, folder: str, queue_id: str) -> "tuple[Envelope, int]":
+        """The envelope of a message and the file's size (``DataError`` if it does not parse)."""
+        from pysendmail.message.envelope import Envelope
+
+        with self.open_message(folder, queue_id) as f:
+            env = Envelope.from_file(f)
+            return env, os.fstat(f.fileno()).st_size
+
+    def is_locked(self, folder: str, queue_id: str) -> bool:
+        """True when a runner holds the message right now (the ``*`` of ``mailq``)."""
+        import fcntl
+
+        try:
+            f = self.open_message(folder, queue_id)
+        except (OSError, DataError):
+            return False
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    # ------------------------------------------------------------------ state
+
+    def read_state(self, queue_id: str) -> "State | None":
+        """The delivery state of ``queue_id`` (``None``: never tried; ``DataError``: damaged)."""
+        from pysendmail.queue.state import MAX_STATE, State
+
+        path = self.path("state", check_id(queue_id))
+        try:
+            fd = os.open(path, _READ)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise self.denied() from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(f"{path}: not a regular file")
+            if st.st_size > MAX_STATE:
+                raise DataError(f"{path}: state file is larger than {MAX_STATE} octets")
+            data = os.read(fd, MAX_STATE + 1)
+        finally:
+            os.close(fd)
+        try:
+            return State.from_bytes(data, queue_id)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+
+    def write_state(self, queue_id: str, state: "State", *, sync: bool = True) -> None:
+        """Replace ``state/ID`` atomically: write in ``tmp/``, fsync, rename, fsync the folder."""
+        check_id(queue_id)
+        if state.queue_id != queue_id:
+            raise DataError(f"state of {state.queue_id} cannot be saved as {queue_id}")
+        data = state.to_bytes()
+        tmp = self.path("tmp", f"{queue_id}.state.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, _CREATE, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync:
+                os.fsync(fd)
+            os.rename(tmp, self.path("state", queue_id))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
+        if sync:
+            fsync_dir(self.dir("state"))
+
+    def state_of(self, queue_id: str, envelope: "Envelope") -> "State":
+        """The recorded state, or a fresh one when the message was never tried."""
+        from pysendmail.queue.state import State
+
+        state = self.read_state(queue_id)
+        return state if state is not None else State.fresh(envelope)
+
+    # ------------------------------------------------------------------ claim
+
+    def claim(self, queue_id: str) -> "Claim | None":
+        """Take ``queue/ID`` for delivery, or ``None`` when another process holds it or it is gone.
+
+        Exactly one of any number of concurrent claimers gets the message. A
+        message whose file or state does not parse can never be delivered: it
+        is moved to ``failed/`` and ``DataError`` says why.
+        """
+        from pysendmail.message.envelope import Envelope
+
+        f = self._lock(self.path("queue", check_id(queue_id)))
+        if f is None:
+            return None
+        try:
+            try:
+                env = Envelope.from_file(f)
+                if env.queue_id != queue_id:
+                    raise DataError(f"the envelope names the queue id {env.queue_id}")
+                state = self.state_of(queue_id, env)
+            except DataError as exc:
+                _link_or_rename(self.path("queue", queue_id), self.path("failed", queue_id))
+                fsync_dir(self.dir("failed"))
+                raise DataError(f"{queue_id}: moved to failed/: {exc}") from None
+        except BaseException:
+            f.close()
+            raise
+        return Claim(self, queue_id, self.path("queue", queue_id), f, env, state)
+
+    def _lock(self, path: str) -> "BinaryIO | None":
+        """Open ``path`` and lock it; ``None`` if busy, gone, or replaced meanwhile."""
+        import fcntl
+
+        try:
+            fd = os.open(path, _READ)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise self.denied() from None
+        f = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(f"{path}: not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            # Whoever held the lock before us may have finished the message and
+            # removed (or moved) it: only the file still at ``path`` counts.
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or os.fstat(fd).st_nlink == 0:
+                return None
+            os.set_blocking(fd, True)
+            f = os.fdopen(fd, "rb")
+            return f
+        finally:
+            if f is None:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ admin
+
+    def hold(self, queue_id: str) -> str:
+        """Put a queued message on hold; return what was done, for the admin."""
+        return self._move(queue_id, "hold")
+
+    def release(self, queue_id: str) -> str:
+        """Put a held message back in the queue, due at once."""
+        return self._move(queue_id, "queue")
+
+    def requeue(self, queue_id: str) -> str:
+        """Retry a message from ``failed/`` (or any message) at once, with a new lifetime."""
+        return self._move(queue_id, "queue", requeue=True)
+
+    def flush(self, queue_id: str, now: "float | None" = None) -> str:
+        """Make every pending recipient of a queued message due now."""
+        folder = self.locate(queue_id)
+        if folder is None:
+            raise NoSuchMessage(queue_id)
+        if folder != "queue":
+            return f"{queue_id}: not flushed: it is in {folder}/ (release or requeue it first)"
+        f = self._lock(self.path(folder, queue_id))
+        if f is None:
+            return f"{queue_id}: being delivered now"
+        with f:
+            state = self._state_for(f, queue_id)
+            if state.make_due(time.time() if now is None else now):
+                self.write_state(queue_id, state)
+        return f"{queue_id}: due now"
+
+    def delete(self, queue_id: str) -> str:
+        """Remove a message from whichever folder holds it, and its state."""
+        folder = self.locate(queue_id)
+        if folder is None:
+            raise NoSuchMessage(queue_id)
+        path = self.path(folder, queue_id)
+        f = self._lock(path)
+        if f is None:
+            if os.path.lexists(path):
+                raise TemporaryFailure(
+                    f"{queue_id} is being delivered right now; try again in a moment"
+                )
+            raise NoSuchMessage(queue_id)
+        with f:
+            os.unlink(path)
+            fsync_dir(self.dir(folder))
+        _unlink_quietly(self.path("state", queue_id))
+        return f"{queue_id}: deleted"
+
+    def _move(self, queue_id: str, dest: str, *, requeue: bool = False) -> str:
+        folder = self.locate(queue_id)
+        if folder is None:
+            raise NoSuchMessage(queue_id)
+        path = self.path(folder, queue_id)
+        if folder == dest and not requeue:
+            return f"{queue_id}: already in {dest}/"
+        if dest == "hold" and folder == "failed":
+            return f"{queue_id}: not held: it is in failed/ (requeue or delete it)"
+        f = self._lock(path)
+        if f is None:
+            if os.path.lexists(path):
+                raise TemporaryFailure(
+                    f"{queue_id} is being delivered right now; try again in a moment"
+                )
+            raise NoSuchMessage(queue_id)
+        with f:
+            now = time.time()
+            if dest == "queue":
+                state = self._state_for(f, queue_id)
+                if requeue:
+                    state.requeue(now)
+                else:
+                    state.make_due(now)
+                self.write_state(queue_id, state)
+            if folder != dest:
+                _link_or_rename(path, self.path(dest, queue_id))
+                fsync_dir(self.dir(dest))
+        if dest == "queue":
+            self.poke()
+        if dest == "hold":
+            return f"{queue_id}: placed on hold"
+        if requeue:
+            return f"{queue_id}: requeued"
+        return f"{queue_id}: released from hold"
+
+    def _state_for(self, f: "BinaryIO", queue_id: str) -> "State":
+        from pysendmail.message.envelope import Envelope
+
+        f.seek(0)
+        env = Envelope.from_file(f)
+        return self.state_of(queue_id, env)
+
+    # ------------------------------------------------------------------ runner side
+
+    def pickup(
+        self, max_size: int, *, stale_age: float = 86400.0, now: "float | None" = None
+    ) -> "list[PickupResult]":
+        """Check and queue what users dropped into ``maildrop/`` (see pickup.py)."""
+        from pysendmail.queue import pickup
+
+        return pickup.pickup(self, max_size, stale_age=stale_age, now=now)
+
+    def clean_tmp(self, max_age: float, now: "float | None" = None) -> list[str]:
+        """Remove what crashed writers left behind, once older than ``max_age`` seconds.
+
+        That is: files in ``tmp/`` (but never a staged pickup, which the next
+        pickup completes), dot-files in ``maildrop/``, and state files whose
+        message is gone. Returns the paths removed.
+        """
+        limit = (time.time() if now is None else now) - max_age
+        removed = []
+        candidates: list[str] = []
+        for folder, dot_only in (("tmp", False), ("maildrop", True), ("state", False)):
+            try:
+                names = os.listdir(self.dir(folder))
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise self.denied() from None
+            for name in names:
+                if folder == "tmp" and name.endswith(".ready"):
+                    continue
+                if dot_only and not name.startswith("."):
+                    continue
+                if folder == "state" and not name.startswith(".") and self._has_message(name):
+                    continue
+                candidates.append(self.path(folder, name))
+        for path in candidates:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or st.st_mtime > limit:
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
+
+    def _has_message(self, name: str) -> bool:
+        return any(os.path.lexists(self.path(folder, name)) for folder in MESSAGE_FOLDERS)
+
+
+class Trigger:
+    """The reading end of the trigger FIFO, for a runner that waits to be poked."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: str) -> None:
+        # O_RDWR keeps a writer open ourselves: the FIFO never reports end of
+        # file, and pokers never see ENXIO while we watch.
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CantCreateError(f"{path}: not a FIFO; run `pysendmail queue init`")
+        self.fd = fd
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a poke; True if poked (all pokes are consumed)."""
+        import select
+
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        return True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> "Trigger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
