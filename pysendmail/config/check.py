@@ -3,7 +3,7 @@
 The output on ``out`` is TOML that loads again: every key of every section in
 the order of ``etc/pysendmail.toml``, with the value in effect and, as a
 trailing comment, where it came from (``file``, ``env VARIABLE`` or
-``default``); keys that are not set appear commented out. Problems go to
+``default``); defaults and keys that are not set appear commented out. Problems go to
 ``err``, one line each, ``FILE: KEY: what is wrong``; warnings (exit status
 still 0) say ``FILE: KEY: warning: ...``.
 
@@ -92,7 +92,12 @@ def origin_of(validated: Validated, path: Path) -> str:
 
 
 def _line(key: str, value: Any, origin: str) -> str:
-    text = f"# {key} = (not set)" if value is None else f"{key} = {toml_value(value)}"
+    # A default is shown commented out, as in etc/pysendmail.toml, so that the
+    # output loads again to the same settings (an aliases_file written out
+    # would become "explicitly set" and then required to exist).
+    text = f"{key} = (not set)" if value is None else f"{key} = {toml_value(value)}"
+    if value is None or origin.startswith("default"):
+        text = "# " + text
     return f"{text.ljust(_COMMENT_COLUMN - 2)}  # {origin}"
 
 

@@ -130,13 +130,13 @@ def read_file(path: str, explicit: bool) -> tuple[dict[str, Any], bool]:
         if not _is_regular(info.st_mode):
             raise ConfigError(f"{path}: is not a regular file")
         if info.st_size > MAX_FILE_SIZE:
-            raise ConfigError(f"{path}: is larger than {MAX_FILE_SIZE // 1024} KiB")
+            raise ConfigError(f"{path}: is larger than 1 MiB")
         chunks = []
         total = 0
         while chunk := os.read(fd, 65536):
             total += len(chunk)
             if total > MAX_FILE_SIZE:
-                raise ConfigError(f"{path}: is larger than {MAX_FILE_SIZE // 1024} KiB")
+                raise ConfigError(f"{path}: is larger than 1 MiB")
             chunks.append(chunk)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -173,6 +173,8 @@ def parse_toml(path: str, raw: bytes) -> dict[str, Any]:
             what = message.removesuffix(" (at end of document)")
             where = f"line {text.count(chr(10)) + 1}, at the end"
         what = what[:1].lower() + what[1:]
+        if what == "invalid value":
+            what += " (is a string missing its quotes?)"
         raise ConfigError(f"{path}: {where}: TOML syntax error: {what}") from None
 
 
@@ -339,7 +341,7 @@ def _apply_one(
         try:
             value = json.loads(raw)
         except ValueError:
-            what = "an object" if kind == "table" else "a list" if len(path) == 1 else "a value"
+            what = "an object" if kind == "table" else "a list"
             raise _EnvProblem(
                 name, key, f"must be JSON ({what}), e.g. {_json_example(path)}"
             ) from None
@@ -387,7 +389,9 @@ def _apply_one(
         if raw == "":
             raise _EnvProblem(name, key, "cannot be unset: remove the entry instead")
         node[last] = value
+        origins.json.add(name)
         origins.containers[path] = name
+        _record_json_leaves(origins, path, value, name)
     elif raw == "":
         node.pop(last, None)
         origins.leaves[path] = name

@@ -41,7 +41,7 @@ def _strip_newline(text: str) -> str:
 
 
 def resolve_password(
-    settings: "Settings", relay: "Relay", environ: "Mapping[str, str] | None" = None
+    relay: "Relay", settings: "Settings", environ: "Mapping[str, str] | None" = None
 ) -> "str | None":
     """The password of ``relay``, or None when it logs in with none (no ``user``).
 
