@@ -205,7 +205,9 @@ def _addr_spec(value: str, tokens: list[_Token], a: int, b: int) -> tuple[str, i
     for k in range(a, b):
         if tokens[k][0] == "@":
             if at >= 0:
-                raise DataError(f"more than one '@' in one address in {show(value)}")
+                raise DataError(
+                    f"more than one '@' in one address (is a ',' missing?) in {show(value)}"
+                )
             at = k
     end_local = at if at >= 0 else b
     parts: list[str] = []

@@ -321,11 +321,12 @@ def _read_header_block(reader: _Reader, limit: int) -> tuple[list[_Field], bytes
     fields: list[_Field] = []
     buf = b""
     first = True
-    used = 0  # octets of header lines so far, for the limit
+    used = 0  # octets of the header block before buf, for the limit
     while True:
         chunk = reader.read()
         buf = buf + chunk if buf else chunk
         pos = 0
+        body: bytes | None = None
         while True:
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -337,16 +338,26 @@ def _read_header_block(reader: _Reader, limit: int) -> tuple[list[_Field], bytes
                     pos = nl + 1
                     continue  # the mbox separator line is no part of the message
             if not line:
-                return fields, buf[nl + 1 :]
+                body = buf[nl + 1 :]
+                break
             if not _add_line(fields, line):
-                return fields, buf[pos:]
+                body = buf[pos:]
+                break
             pos = nl + 1
+        if used + pos > limit:
+            raise _header_block_too_big(limit)
+        if body is not None:
+            return fields, body
         rest = buf[pos:]
         used += pos
         if not chunk:
             # End of input inside the header block: the last line has no line end.
-            if rest and not (first and rest[:5] == b"From ") and not _add_line(fields, rest):
+            if not rest or (first and rest[:5] == b"From "):
+                return fields, b""
+            if not _add_line(fields, rest):
                 return fields, rest
+            if used + len(rest) > limit:
+                raise _header_block_too_big(limit)
             return fields, b""
         if rest and not (first and b"From "[: len(rest)] == rest[:5]):
             if rest[:1] in (b" ", b"\t"):
@@ -355,11 +366,15 @@ def _read_header_block(reader: _Reader, limit: int) -> tuple[list[_Field], bytes
             elif not could_be_field(rest):
                 return fields, rest
         if used + len(rest) > limit:
-            raise DataError(
-                f"the header block is larger than {limit} octets"
-                " (is the blank line between the headers and the body missing?)"
-            )
+            raise _header_block_too_big(limit)
         buf = rest
+
+
+def _header_block_too_big(limit: int) -> DataError:
+    return DataError(
+        f"the header block is larger than {limit} octets"
+        " (is the blank line between the headers and the body missing?)"
+    )
 
 
 def _add_line(fields: list[_Field], line: bytes) -> bool:
