@@ -378,6 +378,8 @@ class SMTP:
         # Why the session is over, once it is: every later command says so.
         self._dead: str | None = None
         self._helo_name = "localhost"
+        # Built on first use and kept: every session of this object shares it.
+        self._context: ssl.SSLContext | None = None
 
     # ------------------------------------------------------------------ attributes
 
@@ -455,7 +457,8 @@ class SMTP:
             check_argument(user, "AUTH user")
             if authtype is not None:
                 auth.canonical_name(authtype)
-        context = self._tls_context() if self.tls or self.starttls_mode else None
+        # Loading the system's CA store costs ~40 ms: only when TLS is certain.
+        context = self._tls_context() if self.tls else None
         self._dead = None
         self._helo_name = helo
         try:
@@ -538,6 +541,8 @@ class SMTP:
     def _tls_context(self) -> ssl.SSLContext:
         if self.ssl_context is not None:
             return self.ssl_context
+        if self._context is not None:
+            return self._context
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.certfile:
             context.load_cert_chain(self.certfile, self.keyfile)
@@ -546,6 +551,7 @@ class SMTP:
         if not self.tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        self._context = context
         return context
 
     def _deadline(self, timeout: float | None) -> float | None:
