@@ -356,8 +356,9 @@ def _apply_one(
         nxt = path[depth + 1]
         here = path[: depth + 1]
         if isinstance(part, int):
-            assert isinstance(node, list)
             node = node[part]
+            if not isinstance(node, dict):
+                raise _EnvProblem(origins.blame(here), key_name(here), "must be a table")
             continue
         if part not in node:
             if raw == "":

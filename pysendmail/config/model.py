@@ -18,6 +18,7 @@ This module imports pydantic: the ``sendmail`` hot path must never import it
 """
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -409,8 +410,6 @@ class GeneralSection(Section):
             _, dot, rest = self.hostname.partition(".")
             self.domain = rest if dot else self.hostname
         if "aliases_file" in self.model_fields_set:
-            import os
-
             try:
                 os.stat(self.aliases_file)
             except FileNotFoundError:

@@ -260,7 +260,7 @@ def save_snapshot(
     if validated.secret_in_environment:
         return None, "a password is inside a JSON variable (use ...__PASSWORD or a file)"
     path = validated.data["source_path"]
-    if snapshot_key(path, explicit, environ) != key:
+    if file_identity(path) != key[4] or environment_key(environ) != key[5]:
         return None, "the configuration changed while it was being read"
     aliases_path = validated.data["general"]["aliases_file"]
     aliases_identity = file_identity(aliases_path)

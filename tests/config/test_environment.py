@@ -282,3 +282,14 @@ def test_problems_in_the_file_and_the_environment_are_all_reported(
         "PYSENDMAIL_RELAY__0__PORT: relay[0].port: must be a whole number",
         f'{path}: log.level: must be one of "debug", "info", "warning", "error"',
     ]
+
+
+def test_a_variable_reaching_into_a_broken_file_value_blames_the_file(
+    write: Write, env: dict[str, str]
+) -> None:
+    path = write("relay = [5]\ngeneral = 5\n")
+    environ = {**env, "PYSENDMAIL_RELAY__0__PORT": "25", "PYSENDMAIL_GENERAL__DOMAIN": "x.example"}
+    assert problems(path, environ) == [
+        f"{path}: general: must be a table",
+        f"{path}: relay[0]: must be a table",
+    ]

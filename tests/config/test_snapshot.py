@@ -468,3 +468,19 @@ def test_a_user_who_cannot_read_the_config_gets_it_from_the_snapshot(
     assert run_as_nobody() == f"error {config}: cannot read: Permission denied"
     load_settings(str(config), env)  # root validates and writes the snapshot
     assert run_as_nobody() == "domain example.com inline"
+
+
+def test_no_snapshot_when_the_config_changes_while_it_is_validated(
+    write: Write, env: dict[str, str], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(CONFIG)
+    real = loader.load_validated
+
+    def racing(*args: object, **kwargs: object) -> loader.Validated:
+        validated = real(*args, **kwargs)  # type: ignore[arg-type]
+        bump_mtime(path)  # an editor saved the file just now
+        return validated
+
+    monkeypatch.setattr(loader, "load_validated", racing)
+    assert load_settings(path, env).general.domain == "example.com"
+    assert snapshot_files(cache_dir) == []
