@@ -218,3 +218,12 @@ def settings_from_data(data: "Any") -> Settings:
     fields["log"] = Log._from_data(data.get("log"))
     result: Settings = Settings._from_data(fields)
     return result
+
+
+def settings_to_data(settings: Settings) -> "dict[str, Any]":
+    """The inverse of ``settings_from_data``: plain values only (marshal can store them)."""
+    data = settings._as_data()
+    for name in ("general", "rewrite", "queue", "log"):
+        data[name] = data[name]._as_data()
+    data["relays"] = tuple(r._as_data() for r in settings.relays)
+    return data
