@@ -1,0 +1,839 @@
+"""The queue runner: picks up the maildrop, delivers what is due, retries, bounces.
+
+``pysendmail queue run`` and ``sendmail -q`` call ``run_queue_main`` once;
+``pysendmail queue run --watch`` and the sidecar keep a ``Runner.watch`` loop
+that runs the queue again whenever a commit pokes the trigger or a retry falls
+due. One run:
+
+1. takes the maildrop into the queue (``Queue.pickup``: checked copies) and
+   removes stale temporary files;
+2. claims each due message (``flock``; a message another runner holds is left
+   to it) and sends its pending recipients through a ``Relay``. Each worker
+   keeps one ``Relay`` for the whole run, so a smarthost sees one connection
+   per worker and ``RSET`` between messages; ``queue.connections`` workers
+   (threads) run side by side when there are enough messages to share;
+3. records every recipient's verdict in the message's state file *before
+   anything else happens* (before logging, before bouncing): an accepted
+   recipient is never sent to again (DESIGN.md invariant 3), and the only
+   duplicate a crash can cause is the message whose 250 arrived just before
+   the crash;
+4. schedules the next attempt for what was deferred: ``retry_min`` after the
+   first failure, doubling up to ``retry_max``, never later than the end of the
+   lifetime; once ``queue.lifetime`` has passed since arrival, the recipients
+   still deferred are given up ("expired") and bounced;
+5. tells the sender about given-up recipients with an RFC 3464 DSN
+   (``bounce``), queued as a new message from the null sender through the same
+   queue, so that it is as durable as any mail; or to ``queue.admin_address``,
+   or only in the log, as ``queue.bounce`` says. Mail from the null sender is
+   never bounced (a bounce never bounces);
+6. removes a message whose recipients were all accepted, and moves one with
+   given-up recipients to ``failed/`` once no recipient is pending (DESIGN.md:
+   "given up, and kept for inspection").
+
+Verdicts: the relay judges each recipient sent, bounced (5xx) or deferred.
+The runner overrides one thing: errors that say the *site* is misconfigured
+rather than that the *message* is refused (authentication, TLS, a required
+extension missing, our own configuration) defer instead of bouncing, so that
+fixing a password does not leave a trail of bounced mail.
+
+What it must never do: send to a recipient whose state says sent; send a
+message it has not claimed; hold the claim's lock across anything but one
+message; let one bad message stop the run (it is logged and left in place),
+or go on sending when the state can no longer be written (the run stops: each
+further message would become a duplicate on the next run).
+
+SECURITY: the runner runs as the queue owner and is the only program that
+reads the relay password (through ``password``, only when a session
+authenticates). Queue files and server replies are hostile: envelopes are
+parsed by ``Envelope.from_file`` (the queue does it), replies are only
+logged through ``log`` (made printable) and quoted in DSNs through ``bounce``
+(made inert).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from pysendmail import errors
+from pysendmail.bounce import Failure, write_bounce
+from pysendmail.log import Logger, delivery_fields, printable
+from pysendmail.queue.spool import Claim, Queue, Trigger
+from pysendmail.queue.state import RecipientState, State
+from pysendmail.relay import (
+    BOUNCED,
+    DEFERRED,
+    SENT,
+    DeliveryReport,
+    RecipientResult,
+    Relay,
+    RelayConfig,
+    routes_for,
+)
+from pysendmail.smtp import SMTP
+
+if TYPE_CHECKING:
+    from pysendmail.cli import Streams
+    from pysendmail.config import Settings
+    from pysendmail.config.settings import Relay as RelaySettings
+    from pysendmail.message.envelope import Envelope
+
+#: A worker (one more connection) is started for each this many due messages,
+#: up to ``queue.connections``: a new connection only pays for itself when it
+#: has a few messages to carry.
+MESSAGES_PER_CONNECTION = 4
+#: The longest a watching runner sleeps: the maildrop (which users cannot
+#: poke) and the clock are looked at least this often.
+WATCH_MAX_WAIT = 60.0
+#: How often a watching runner looks at its stop event while it waits.
+WATCH_SLICE = 0.5
+
+# Errors that say "this site cannot send now" (credentials, TLS, a missing
+# extension, our own configuration), not "this message is refused": they defer.
+_SITE_ERRORS: tuple[type[errors.PysendmailError], ...] = (
+    errors.SMTPAuthenticationError,
+    errors.SMTPSecurityError,
+    errors.SMTPTLSError,
+    errors.SMTPUnsupportedCommand,
+    errors.ConfigError,
+)
+
+
+_PERMANENT = re.compile(r"^5\d\d(?:[ -]|$)")
+
+
+class PasswordResolver(Protocol):
+    def __call__(self, relay: RelaySettings, settings: Settings, /) -> str | None: ...
+
+
+class RelayLike(Protocol):
+    """What the runner needs of a relay (``pysendmail.relay.Relay``)."""
+
+    def send(
+        self, envelope: Envelope, message: IO[bytes], recipients: list[str] | None = None
+    ) -> DeliveryReport: ...
+
+    def close(self) -> None: ...
+
+
+#: Set on an error raised while a session was being opened (connect, greeting,
+#: EHLO, STARTTLS, AUTH): nothing of the message reached the server.
+_OPENING = "_pysendmail_while_opening"
+
+
+class SessionRelay(Relay):
+    """The runner's relay: tells errors that happened before any message was sent.
+
+    Such an error is about the smarthost, not the message (a 554 greeting, a
+    refused connection, a wrong password): the runner defers instead of
+    bouncing, and stops trying that route for the rest of the run.
+    """
+
+    def _open(self, relay: RelayConfig) -> SMTP:
+        try:
+            return super()._open(relay)
+        except errors.PysendmailError as exc:
+            setattr(exc, _OPENING, True)
+            raise
+
+
+def failed_while_opening(error: BaseException | None) -> bool:
+    """True for an error that a ``SessionRelay`` raised before the message was sent."""
+    return bool(getattr(error, _OPENING, False))
+
+
+class StateWriteError(errors.PysendmailError):
+    """A state file could not be written: the run stops before it can duplicate mail."""
+
+    exit_status = errors.EX_TEMPFAIL
+
+
+class RunSummary:
+    """What one run did, in counts (messages unless it says recipients)."""
+
+    __slots__ = (
+        "bounced",
+        "bounces",
+        "busy",
+        "cleaned",
+        "deferred",
+        "due",
+        "failed",
+        "picked_up",
+        "problems",
+        "removed",
+        "sent",
+        "tried",
+    )
+
+    def __init__(self) -> None:
+        self.picked_up = 0  # maildrop files taken into the queue
+        self.cleaned = 0  # stale temporary files removed
+        self.due = 0  # messages that were due (or named)
+        self.tried = 0  # messages claimed and handled
+        self.busy = 0  # messages another runner held (or gone)
+        self.sent = 0  # recipients accepted
+        self.deferred = 0  # recipients deferred
+        self.bounced = 0  # recipients given up (5xx or expired)
+        self.bounces = 0  # DSNs queued
+        self.removed = 0  # messages delivered to every recipient and removed
+        self.failed = 0  # messages moved to failed/
+        self.problems = 0  # messages that could not be read or handled
+
+    def add(self, other: RunSummary) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
+        return f"RunSummary({inner})"
+
+
+class _Feed:
+    """The queue ids of one run, shared by its workers; a bounce queued meanwhile joins it.
+
+    A worker that adds an id asks for its next one afterwards, so whatever is
+    added is always taken by someone before the run ends.
+    """
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self._items = collections.deque(items)
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        with self._lock:
+            if self.stopped or not self._items:
+                raise StopIteration
+            return self._items.popleft()
+
+    def add(self, queue_id: str) -> None:
+        with self._lock:
+            self._items.append(queue_id)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+
+
+def backoff(attempts: int, retry_min: float, retry_max: float) -> float:
+    """The wait after the ``attempts``-th failed attempt: retry_min, doubling, at most retry_max."""
+    if attempts <= 1:
+        return min(retry_min, retry_max)
+    # Bounded exponent: 2**64 seconds is far past any retry_max.
+    return float(min(retry_max, retry_min * 2 ** min(attempts - 1, 64)))
+
+
+def _looks_expired(rs: RecipientState, deadline: float) -> bool:
+    """Whether a given-up recipient ran out of time rather than being refused.
+
+    Only needed when a run died between recording the verdict and queueing the
+    bounce; the state then says "bounced" without saying why. A recipient
+    tried at or after the end of its lifetime whose last reply was not a
+    permanent refusal expired.
+    """
+    permanent = bool(_PERMANENT.match(rs.reply))
+    return not permanent and rs.last_attempt is not None and rs.last_attempt >= deadline
+
+
+class Runner:
+    """Delivers the queue at ``settings.general.queue_dir`` through ``settings.relays``.
+
+    ``password(relay, settings)`` resolves a relay's password when a session
+    authenticates; ``clock`` is the wall clock (tests inject one);
+    ``relay_factory`` makes one relay per worker and run (by default a
+    ``Relay`` over the configured smarthosts).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        logger: Logger,
+        password: PasswordResolver | None = None,
+        clock: Callable[[], float] = time.time,
+        relay_factory: Callable[[], RelayLike] | None = None,
+        queue: Queue | None = None,
+        debug_output: IO[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = logger
+        self.clock = clock
+        self.queue = queue if queue is not None else Queue(settings.general.queue_dir)
+        if password is None:
+            from pysendmail.config.secrets import resolve_password
+
+            password = resolve_password
+        self._password = password
+        self._relay_factory = relay_factory or self._default_relay
+        self._debug_output = debug_output
+        self._log_lock = threading.Lock()
+        self._summary_lock = threading.Lock()
+        # Routes that could not be opened in this run: (relay name, reason).
+        self._suspended: dict[tuple[int, ...], tuple[str, str]] = {}
+
+    # -- configuration -------------------------------------------------------
+
+    def _default_relay(self) -> RelayLike:
+        settings = self.settings
+        resolve = self._password
+
+        def password(relay: Any) -> str | None:
+            return resolve(relay, settings)
+
+        return SessionRelay(
+            list(settings.relays),  # type: ignore[arg-type]  # the settings' Relay is a RelayConfig
+            helo=settings.general.hostname,
+            password=password,
+            debug_output=self._debug_output,
+        )
+
+    def workers_for(self, messages: int) -> int:
+        """How many parallel connections a run of ``messages`` due messages uses."""
+        limit = max(1, self.settings.queue.connections)
+        wanted = -(-messages // MESSAGES_PER_CONNECTION)
+        return max(1, min(limit, wanted))
+
+    # -- logging -------------------------------------------------------------
+
+    def _event(self, queue_id: str, level: str, **fields: object) -> None:
+        with self._log_lock:
+            self.log.event(queue_id, level, **fields)
+
+    def _line(self, queue_id: str, text: str, level: str = "info") -> None:
+        with self._log_lock:
+            self.log.line(f"{printable(queue_id)}: {text}", level)
+
+    # -- one run -------------------------------------------------------------
+
+    def run_once(self, ids: list[str] | None = None) -> RunSummary:
+        """Run the queue once: the due messages, or exactly the messages ``ids``.
+
+        Raises ``OSError`` when the queue cannot be listed, and
+        ``StateWriteError`` when a state file could not be written (the run
+        stopped there).
+        """
+        summary = RunSummary()
+        self._suspended.clear()
+        self._housekeeping(summary)
+        todo = list(ids) if ids is not None else self.due(self.clock())
+        summary.due = len(todo)
+        if not todo:
+            return summary
+        workers = self.workers_for(len(todo))
+        feed = _Feed(todo)
+        if workers == 1:
+            self._work(feed, summary)
+            return summary
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._work(feed, summary)
+            except BaseException as exc:
+                feed.stop()
+                failures.append(exc)
+
+        threads = [
+            threading.Thread(target=work, name=f"pysendmail-runner-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return summary
+
+    def due(self, now: float) -> list[str]:
+        """The ids of the queued messages with a recipient due at ``now``, oldest first.
+
+        A message whose state cannot be read counts as due: claiming it moves it
+        to ``failed/`` and says why, which is better than leaving it silently.
+        """
+        result = []
+        for queue_id in self.queue.ids():
+            try:
+                state = self.queue.read_state(queue_id)
+            except (OSError, errors.DataError):
+                result.append(queue_id)
+                continue
+            if state is None or state.due(now):
+                result.append(queue_id)
+        return result
+
+    def next_due(self) -> float | None:
+        """The earliest time a queued message falls due, or None when nothing is pending."""
+        earliest: float | None = None
+        for queue_id in self.queue.ids():
+            try:
+                state = self.queue.read_state(queue_id)
+            except (OSError, errors.DataError):
+                continue
+            when = self.clock() if state is None else state.next_attempt()
+            if when is not None and (earliest is None or when < earliest):
+                earliest = when
+        return earliest
+
+    def _housekeeping(self, summary: RunSummary) -> None:
+        # File ages are measured against the real clock (mtimes are real), not
+        # against the injected one that schedules deliveries.
+        q = self.queue
+        settings = self.settings
+        try:
+            picked = q.pickup(
+                settings.general.max_message_size, stale_age=settings.queue.stale_tmp_age
+            )
+        except (OSError, errors.PysendmailError) as exc:
+            self._line("maildrop", f"pickup failed: {exc}", "warning")
+            picked = []
+        for result in picked:
+            if result.outcome == "queued":
+                summary.picked_up += 1
+                with self._log_lock:
+                    self.log.line(result.log_line())
+            elif result.outcome == "refused":
+                with self._log_lock:
+                    self.log.line(result.log_line(), "warning")
+        try:
+            summary.cleaned = len(q.clean_tmp(settings.queue.stale_tmp_age))
+        except (OSError, errors.PysendmailError) as exc:
+            self._line("tmp", f"cleaning stale files failed: {exc}", "warning")
+
+    def _work(self, feed: _Feed, summary: RunSummary) -> None:
+        relay = self._relay_factory()
+        try:
+            for queue_id in feed:
+                mine = RunSummary()
+                try:
+                    self._one(queue_id, relay, mine, feed)
+                finally:
+                    with self._summary_lock:
+                        summary.add(mine)
+        finally:
+            relay.close()
+
+    def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: _Feed) -> None:
+        try:
+            claim = self.queue.claim(queue_id)
+        except (OSError, errors.PysendmailError) as exc:
+            summary.problems += 1
+            self._line(queue_id, f"cannot read the queue file, left in place: {exc}", "error")
+            return
+        if claim is None:
+            summary.busy += 1
+            return
+        with claim:
+            summary.tried += 1
+            try:
+                self._deliver(claim, relay, summary, feed)
+            except StateWriteError:
+                raise
+            except (OSError, errors.PysendmailError) as exc:
+                summary.problems += 1
+                self._line(queue_id, f"delivery stopped, left in the queue: {exc}", "error")
+
+    # -- one message ---------------------------------------------------------
+
+    def _save(self, claim: Claim, state: State) -> None:
+        try:
+            claim.save(state)
+        except OSError as exc:
+            raise StateWriteError(
+                f"{claim.queue_id}: cannot record the delivery state ({exc}); "
+                "the run stops so that no message is sent twice"
+            ) from exc
+
+    def _deliver(self, claim: Claim, relay: RelayLike, summary: RunSummary, feed: _Feed) -> None:
+        envelope = claim.envelope
+        state = claim.state
+        for rcpt in envelope.recipients:
+            if state.get(rcpt.address) is None:
+                state.recipients.append(RecipientState(rcpt.address))
+        pending = [rs.address for rs in state.pending]
+        relay_name: str | None = None
+        expired: set[str] = set()
+        if pending:
+            report = self._send(claim, relay, envelope, pending)
+            now = self.clock()
+            expired = self._record(state, report.recipients, now)
+            # Invariant 3: the verdicts reach the disk before anything else happens.
+            self._save(claim, state)
+            relay_name = report.relay
+            self._log_attempt(envelope, state, report, expired, now, summary)
+        self._finish(claim, state, relay_name, expired, summary, feed)
+
+    def _send(
+        self, claim: Claim, relay: RelayLike, envelope: Envelope, pending: list[str]
+    ) -> DeliveryReport:
+        relays: list[Any] = list(self.settings.relays)
+        route = tuple(id(r) for r in routes_for(envelope.sender, relays))
+        suspended = self._suspended.get(route)
+        if suspended is not None:
+            # This smarthost could not be reached a moment ago: do not wait for
+            # its timeout once per message (Postfix: "delivery temporarily suspended").
+            report = DeliveryReport(time.monotonic())
+            report.relay = suspended[0]
+            text = f"delivery temporarily suspended: {suspended[1]}"
+            report.recipients = [RecipientResult(a, DEFERRED, text) for a in pending]
+            return report
+        try:
+            # The claim's own file: closing it would drop the lock.
+            report = relay.send(envelope, claim.message(), pending)
+        except errors.PysendmailError as exc:
+            report = DeliveryReport(time.monotonic())
+            report.error = exc
+            report.recipients = [RecipientResult(a, DEFERRED, str(exc)) for a in pending]
+        opening = failed_while_opening(report.error)
+        if opening or isinstance(report.error, _SITE_ERRORS):
+            for result in report.recipients:
+                if result.status == BOUNCED:
+                    result.status = DEFERRED
+        if opening:
+            reason = report.recipients[0].reply if report.recipients else str(report.error)
+            self._suspended[route] = (report.relay, reason)
+        return report
+
+    def _record(self, state: State, results: list[RecipientResult], now: float) -> set[str]:
+        """Write the verdicts into ``state`` and schedule the next attempts; return the expired.
+
+        A deferred recipient is tried again ``backoff(attempts)`` later, but
+        never later than the end of its lifetime (``state.since`` plus
+        ``queue.lifetime``); one still deferred at that end is given up.
+        """
+        queue_settings = self.settings.queue
+        deadline = state.since + queue_settings.lifetime
+        expired: set[str] = set()
+        for result in results:
+            rs = state.get(result.address)
+            if rs is None or not rs.pending:
+                continue
+            rs.attempts += 1
+            rs.last_attempt = now
+            rs.reply = result.reply
+            if result.status == SENT:
+                rs.status = SENT
+                rs.next_attempt = None
+            elif result.status == BOUNCED:
+                rs.status = BOUNCED
+                rs.next_attempt = None
+                rs.notified = False
+            elif now >= deadline:
+                rs.status = BOUNCED
+                rs.next_attempt = None
+                rs.notified = False
+                expired.add(rs.address)
+            else:
+                rs.status = DEFERRED
+                wait = backoff(rs.attempts, queue_settings.retry_min, queue_settings.retry_max)
+                rs.next_attempt = max(now, min(now + wait, deadline))
+        return expired
+
+    def _log_attempt(
+        self,
+        envelope: Envelope,
+        state: State,
+        report: DeliveryReport,
+        expired: set[str],
+        now: float,
+        summary: RunSummary,
+    ) -> None:
+        originals = {r.address: r.original for r in envelope.recipients}
+        delay = max(0.0, now - envelope.arrival)
+        for result in report.recipients:
+            rs = state.get(result.address)
+            tries = rs.attempts if rs is not None else 0
+            status = result.status
+            if status == SENT:
+                summary.sent += 1
+                level = "info"
+            elif status == BOUNCED:
+                summary.bounced += 1
+                level = "warning"
+            else:
+                summary.deferred += 1
+                level = "warning"
+            fields = delivery_fields(
+                result.address,
+                originals.get(result.address),
+                report.relay,
+                delay,
+                tries,
+                status,
+                result.reply,
+            )
+            self._event(envelope.queue_id, level, **fields)
+        if expired:
+            summary.deferred -= len(expired)
+            summary.bounced += len(expired)
+            days = self.settings.queue.lifetime / 86400
+            self._event(
+                envelope.queue_id,
+                "warning",
+                **{"from": f"<{envelope.sender}>"},
+                status=f"expired after {days:g} days, returned to sender",
+            )
+
+    # -- bounces and the end of a message ------------------------------------
+
+    def _finish(
+        self,
+        claim: Claim,
+        state: State,
+        relay_name: str | None,
+        expired: set[str],
+        summary: RunSummary,
+        feed: _Feed,
+    ) -> None:
+        envelope = claim.envelope
+        unnotified = [rs for rs in state.recipients if rs.status == BOUNCED and not rs.notified]
+        if unnotified:
+            bounce_id = self._notify(claim, state, unnotified, relay_name, expired, summary)
+            for rs in unnotified:
+                rs.notified = True
+            self._save(claim, state)
+            if bounce_id is not None:
+                feed.add(bounce_id)  # delivered in this run, like any due message
+        if not state.finished:
+            return
+        if any(rs.status == BOUNCED for rs in state.recipients):
+            claim.fail()
+            summary.failed += 1
+            self._line(envelope.queue_id, "moved to failed/")
+        else:
+            claim.done()
+            summary.removed += 1
+            self._line(envelope.queue_id, "removed")
+
+    def _bounce_to(self, envelope: Envelope) -> str | None:
+        """Who gets the DSN, or None (with a log line) when nobody does."""
+        qid = envelope.queue_id
+        policy = self.settings.queue.bounce
+        if envelope.sender == "":
+            self._line(
+                qid,
+                "undeliverable mail from the null sender is not bounced (a bounce never "
+                "bounces); kept in failed/",
+                "warning",
+            )
+            return None
+        if policy == "log":
+            self._line(qid, "sender non-delivery notification not sent: queue.bounce is log")
+            return None
+        if policy == "admin":
+            admin = self.settings.queue.admin_address
+            if not admin:
+                self._line(
+                    qid,
+                    "sender non-delivery notification not sent: queue.bounce is admin "
+                    "but queue.admin_address is not set",
+                    "warning",
+                )
+                return None
+            return admin
+        return envelope.sender
+
+    def _notify(
+        self,
+        claim: Claim,
+        state: State,
+        given_up: list[RecipientState],
+        relay_name: str | None,
+        expired: set[str],
+        summary: RunSummary,
+    ) -> str | None:
+        """Queue a DSN about ``given_up`` as the policy says; return its queue id, if any."""
+        envelope = claim.envelope
+        to = self._bounce_to(envelope)
+        if to is None:
+            return None
+        by_address = {r.address: r for r in envelope.recipients}
+        deadline = state.since + self.settings.queue.lifetime
+        failures: list[Failure] = []
+        for rs in given_up:
+            rcpt = by_address.get(rs.address)
+            notify = (rcpt.notify or "") if rcpt is not None else ""
+            if to == envelope.sender and notify and "FAILURE" not in notify.split(","):
+                # RFC 3461: the sender asked not to hear about failures for this one.
+                continue
+            failures.append(
+                Failure(
+                    rs.address,
+                    rs.reply,
+                    original=rcpt.original if rcpt is not None else None,
+                    remote_mta=relay_name,
+                    attempts=rs.attempts,
+                    last_attempt=rs.last_attempt,
+                    expired=rs.address in expired or _looks_expired(rs, deadline),
+                )
+            )
+        if not failures:
+            self._line(envelope.queue_id, "no non-delivery notification: the sender asked for none")
+            return None
+        from pysendmail.message.intake import make_queue_id
+
+        settings = self.settings
+        bounce_id = make_queue_id()
+        with self.queue.begin(bounce_id) as pending:
+            write_bounce(
+                pending.file,
+                envelope,
+                failures,
+                claim.message(),
+                queue_id=bounce_id,
+                to=to,
+                hostname=settings.general.hostname,
+                domain=settings.general.domain,
+                now=self.clock(),
+            )
+            pending.commit()
+        summary.bounces += 1
+        self._line(envelope.queue_id, f"sender non-delivery notification: {bounce_id}")
+        return bounce_id
+
+    # -- watching ------------------------------------------------------------
+
+    def watch(self, stop_event: threading.Event) -> None:
+        """Run the queue until ``stop_event`` is set: at once after each commit, and when due.
+
+        Waits on the queue's trigger FIFO, which every commit pokes, with a
+        timeout until the next retry falls due (at most ``WATCH_MAX_WAIT``).
+        """
+        trigger: Trigger | None
+        try:
+            trigger = self.queue.watch()
+        except (OSError, errors.PysendmailError) as exc:
+            # No FIFO (a queue made by an older version, or not ours): poll.
+            self._line("runner", f"no trigger to watch ({exc}); polling the queue", "warning")
+            trigger = None
+        try:
+            while not stop_event.is_set():
+                try:
+                    self.run_once()
+                except StateWriteError as exc:
+                    self._line("runner", str(exc), "error")
+                except (OSError, errors.PysendmailError) as exc:
+                    self._line("runner", f"cannot run the queue: {exc}", "error")
+                wait = WATCH_MAX_WAIT
+                with contextlib.suppress(OSError, errors.PysendmailError):
+                    due = self.next_due()
+                    if due is not None:
+                        wait = min(wait, max(0.0, due - self.clock()))
+                _wait(trigger, wait, stop_event)
+        finally:
+            if trigger is not None:
+                trigger.close()
+
+
+def _wait(trigger: Trigger | None, seconds: float, stop_event: threading.Event) -> None:
+    """Sleep up to ``seconds``, less when poked or stopped (looked at every WATCH_SLICE)."""
+    deadline = time.monotonic() + seconds
+    while not stop_event.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        slice_ = min(left, WATCH_SLICE)
+        if trigger is None:
+            stop_event.wait(slice_)
+        elif trigger.wait(slice_):
+            return
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_queue_main(
+    settings: Settings,
+    io: Streams,
+    *,
+    watch: bool = False,
+    verbose: int = 0,
+    ids: list[str] | None = None,
+) -> int:
+    """``sendmail -q``, ``pysendmail queue run [--watch]`` and ``queue flush [ID...]``.
+
+    Exit 0 when the run completed (also when mail was deferred), 75 when the
+    queue could not be read, locked or written, 78 when no relay is configured.
+    """
+    try:
+        settings.need_relays()
+    except errors.ConfigError as exc:
+        _say(io, f"pysendmail: {exc}")
+        return errors.EX_CONFIG
+    logger = Logger(
+        settings.log.target,
+        settings.log.format,
+        settings.log.facility,
+        verbose=verbose > 0,
+        stream=io.stderr,
+    )
+    queue = Queue(settings.general.queue_dir)
+    try:
+        known = set(queue.ids())
+    except (OSError, errors.PysendmailError) as exc:
+        text = _os_text(exc) if isinstance(exc, OSError) else str(exc)
+        _say(io, f"pysendmail: cannot read the queue {settings.general.queue_dir}: {text}")
+        return errors.EX_TEMPFAIL
+    runner = Runner(
+        settings,
+        logger=logger,
+        queue=queue,
+        debug_output=io.stderr if verbose > 1 else None,
+    )
+    if watch:
+        return _watch_main(runner, io)
+    if ids is not None:
+        # Held, failed and unknown ids are the admin command's to report; a run
+        # delivers only what is in queue/.
+        ids = [i for i in ids if i in known]
+    try:
+        runner.run_once(ids)
+    except StateWriteError as exc:
+        _say(io, f"pysendmail: {exc}")
+        return errors.EX_TEMPFAIL
+    except (OSError, errors.PysendmailError) as exc:
+        text = _os_text(exc) if isinstance(exc, OSError) else str(exc)
+        _say(io, f"pysendmail: cannot read the queue {settings.general.queue_dir}: {text}")
+        return errors.EX_TEMPFAIL
+    return 0
+
+
+def _watch_main(runner: Runner, io: Streams) -> int:
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        runner.watch(stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+def _os_text(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _say(io: Streams, line: str) -> None:
+    try:
+        io.stderr.write(printable(line, 4000) + "\n")
+        io.stderr.flush()
+    except (OSError, ValueError):
+        pass
