@@ -28,10 +28,10 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
 from pysendmail import errors
-from pysendmail.smtp import SMTP, Address, Response
+from pysendmail.smtp import SMTP, Address
 
 if TYPE_CHECKING:
-    from pysendmail.message.envelope import Envelope
+    from pysendmail.message.envelope import Envelope, Recipient
 
 SENT = "sent"
 BOUNCED = "bounced"
@@ -97,7 +97,7 @@ class DeliveryReport:
         return [r for r in self.recipients if r.status == status]
 
 
-def reply_text(response: Response | None) -> str:
+def reply_text(response: errors.Reply | None) -> str:
     if response is None:
         return ""
     return errors.err_text(response)
@@ -273,7 +273,7 @@ class Relay:
         self,
         smtp: SMTP,
         envelope: Envelope,
-        by_address: dict[str, object],
+        by_address: dict[str, Recipient],
         wanted: list[str],
         message: IO[bytes],
         report: DeliveryReport,
@@ -287,8 +287,8 @@ class Relay:
         rcpts: list[Address] = []
         for addr in wanted:
             rcpt = by_address.get(addr)
-            notify = getattr(rcpt, "notify", None)
-            original = getattr(rcpt, "original", None) or addr
+            notify = rcpt.notify if rcpt is not None else None
+            original = (rcpt.original if rcpt is not None else None) or addr
             params: dict[str, str | None] = {}
             if notify:
                 params["NOTIFY"] = notify

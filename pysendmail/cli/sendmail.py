@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pysendmail.cli.argv import Invocation
     from pysendmail.config import Settings
     from pysendmail.log import Logger
+    from pysendmail.message.aliases import Aliases
     from pysendmail.message.envelope import Envelope
     from pysendmail.message.intake import IntakeOptions
     from pysendmail.relay import DeliveryReport
@@ -85,7 +86,7 @@ def local_hostnames(settings: "Settings") -> frozenset[str]:
     return frozenset(names)
 
 
-def load_aliases(settings: "Settings") -> "object":
+def load_aliases(settings: "Settings") -> "Aliases":
     from pysendmail.message.aliases import Aliases
 
     return Aliases.load(settings.general.aliases_file)
@@ -123,10 +124,16 @@ def intake_options(inv: "Invocation", settings: "Settings", io: "Streams") -> "I
 
 
 def deliver(inv: "Invocation", io: "Streams") -> int:
+    if not inv.recipients and not inv.extract_recipients:
+        # Checked before anything is read: Postfix's wording, and no header
+        # recipient counts without -t.
+        raise errors.UsageError(
+            "no recipients: give them on the command line or use -t to take them from the headers"
+        )
     settings = load_settings(inv, io)
     options = intake_options(inv, settings, io)
     envelope, report = submit_from(inv, io, settings, options)
-    if report is None:
+    if report is None or envelope is None:
         return 0
     return report_status(inv, io, settings, envelope, report)
 
