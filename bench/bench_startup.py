@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench_direct import default_sendmail, message_2k, probe
-from harness import WORK_DIR, Command, Section, measure, time_commands
+from harness import WORK_DIR, BenchError, Command, Section, measure, time_commands
 from tools import Tools
 
 NAME = "startup"
@@ -41,6 +41,12 @@ def shebang_interpreter(script: Path) -> Path | None:
     if not first.startswith(b"#!"):
         return None
     return Path(first[2:].decode().split()[0])
+
+
+def queue_files(spool: Path) -> int:
+    """How many committed messages the spool holds (files under queue/)."""
+    queue = spool / "queue"
+    return sum(1 for p in queue.rglob("*") if p.is_file()) if queue.is_dir() else 0
 
 
 def install_kind(interpreter: Path) -> str:
@@ -93,7 +99,16 @@ def run(tools: Tools, *, rounds: int = 40, sendmail: Path | None = None) -> Sect
         )
         why_not = probe(candidate)
         commands = [floor] if why_not else [floor, candidate]
-        timings = time_commands(commands, rounds=rounds, warmup=3, time_budget_s=60)
+        warmup, rss_runs = 3, 3
+        timings = time_commands(
+            commands, rounds=rounds, warmup=warmup, rss_runs=rss_runs, time_budget_s=60
+        )
+        if why_not is None:
+            # Exit 0 must mean a committed message: count the queue files.
+            runs = 1 + warmup + len(timings[1].wall_s) + rss_runs
+            queued = queue_files(directory / "spool")
+            if queued != runs:
+                raise BenchError(f"{runs} sendmail runs exited 0 but {queued} messages are queued")
 
     base = timings[0].wall.median
     for t in timings:
@@ -108,14 +123,18 @@ def run(tools: Tools, *, rounds: int = 40, sendmail: Path | None = None) -> Sect
     if why_not is None:
         ratio = timings[1].wall.median / base
         rss = timings[1].peak_rss_mib
-        section.verdict(f"sendmail/floor ≤ {TARGET_RATIO} (issue 4): {ratio:.2f}", ratio <= 1.5)
-        section.verdict(f"peak RSS ≤ {TARGET_RSS_MIB} MiB (issue 4): {rss:.1f} MiB", rss <= 25)
+        section.verdict(
+            f"sendmail/floor ≤ {TARGET_RATIO} (issue 4): {ratio:.2f}", ratio <= TARGET_RATIO
+        )
+        section.verdict(
+            f"peak RSS ≤ {TARGET_RSS_MIB} MiB (issue 4): {rss:.1f} MiB", rss <= TARGET_RSS_MIB
+        )
         section.notes.append(f"pysendmail install measured: {install_kind(interpreter)}")
     else:
         section.verdict(f"sendmail/floor ≤ {TARGET_RATIO} (issue 4)", None)
         section.notes.append(f"pysendmail sendmail (queue mode) not available yet: {why_not}")
     section.notes.append(
         f"interpreter: {interpreter} (the shebang of {sendmail}); runs alternate after "
-        "3 warm-up runs each"
+        "3 warm-up runs each; every sendmail run's message is counted in the spool"
     )
     return section

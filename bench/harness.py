@@ -83,6 +83,7 @@ def measure(
     The wall time runs from just before the fork to the child's reaping, so it counts
     the exec and the interpreter's start-up: the cost a caller of the command pays.
     stdout and stderr go to temporary files, so a chatty child never blocks on a pipe.
+    The child gets no PYTHON* variables (see ``deployed_env``).
 
     Peak RSS cannot be read from our own ``wait4``: a child forked from this process
     starts with our pages mapped, and Linux folds that RSS into the child's
@@ -106,7 +107,7 @@ def measure(
             stdin=inp,
             stdout=out,
             stderr=err,
-            env=None if env is None else dict(env),
+            env=deployed_env(env),
             cwd=cwd,
             start_new_session=True,
         )
@@ -126,6 +127,17 @@ def measure(
             stderr=err.read(),
             maxrss_kib=maxrss,
         )
+
+
+def deployed_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (or ours) without PYTHON* variables, as on a machine the command is deployed on.
+
+    A development shell may set PYTHONDONTWRITEBYTECODE (this workspace does): every
+    run would then compile the modules it imports from source, which no installed
+    program does, and start-up figures would be inflated by tens of milliseconds.
+    """
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if not k.startswith("PYTHON")}
 
 
 def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> int:

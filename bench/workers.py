@@ -80,7 +80,11 @@ class Client:
                 print(f"pysendmail.smtp not available yet: {exc}", file=sys.stderr)
                 sys.exit(NOT_AVAILABLE)
             self._cls: Any = SMTP
-        elif name != "smtplib":
+        elif name == "smtplib":
+            import smtplib
+
+            self._cls = smtplib.SMTP
+        else:
             raise SystemExit(f"unknown client {name!r}")
 
     def start(self) -> None:
@@ -89,9 +93,7 @@ class Client:
             self._pysendmail = self._cls(LOOPBACK, self.port, starttls=False)
             self._pysendmail.start(helo=HELO)
         else:
-            import smtplib
-
-            self._smtplib = smtplib.SMTP(LOOPBACK, self.port, local_hostname=HELO)
+            self._smtplib = self._cls(LOOPBACK, self.port, local_hostname=HELO)
             self._smtplib.ehlo()
 
     def send_bytes(self, message: bytes) -> None:
