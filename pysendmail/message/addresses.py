@@ -374,13 +374,13 @@ def _local_problem(local: str) -> str | None:
         i = 0
         while i < len(inner):
             c = inner[i]
+            # The caller cut the local part at the first unescaped quote, so
+            # only a backslash can be wrong here.
             if c == "\\":
                 if i + 1 >= len(inner) or not " " <= inner[i + 1] <= "~":
                     return "a backslash in the quoted local part escapes nothing printable"
                 i += 2
                 continue
-            if c == '"':
-                return "unescaped '\"' inside the quoted local part"
             i += 1
         return None
     for label in local.split("."):

@@ -12,10 +12,9 @@
   when it is not ASCII.
 
 Nothing here touches a header the client wrote; it must never import more than
-the standard ``time`` and ``binascii`` modules (hot path).
+the standard ``time`` module, and ``binascii`` only for non-ASCII names (hot path).
 """
 
-import binascii
 import time
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -70,6 +69,9 @@ def format_date(when: float) -> str:
 
 
 def _encoded_words(name: str) -> list[str]:
+    # binascii is a shared library (a dlopen): only names that need it pay for it.
+    import binascii
+
     pieces: list[bytes] = []
     chunk = bytearray()
     for c in name:

@@ -227,7 +227,9 @@ def make_queue_id() -> str:
 def _lf(data: bytes) -> bytes:
     """CRLF and bare CR to LF: the internal form, turned into CRLF on the way out."""
     if b"\r" in data:
-        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:  # a bare CR is rare: one search is cheaper than a copy
+            data = data.replace(b"\r", b"\n")
     return data
 
 

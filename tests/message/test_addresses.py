@@ -10,6 +10,7 @@ from pysendmail.errors import DataError
 from pysendmail.message.addresses import (
     check_local_part,
     check_mailbox,
+    is_dot_atom,
     mailbox_spans,
     needs_smtputf8,
     parse_address_list,
@@ -259,3 +260,29 @@ valid_addresses = st.builds(
 def test_generated_mailboxes_survive_every_header_form(addr: str, form: str) -> None:
     assert check_mailbox(addr) == addr
     assert parse_address_list(form.format(a=addr)) == [addr]
+
+
+@pytest.mark.parametrize(
+    ("addr", "complaint"),
+    [
+        ('"a\\é"@example.com', "escapes nothing printable"),
+        ("user@[IPv6:1.2.3.4]", "malformed IPv6"),
+        ("user@[IPv6:1:2:3:4:5:6:7::8]", "malformed IPv6"),
+        ("user@[IPv6:1:2:3:4:5:6:7]", "malformed IPv6"),
+        ("user@[IPv6:::1.2.3]", "malformed IPv6"),
+        ("user@[IPv6:::é]", "malformed IPv6"),
+        ("user@[]", "unterminated address literal"),
+    ],
+)
+def test_check_mailbox_refuses_odd_literals_and_quotes(addr: str, complaint: str) -> None:
+    with pytest.raises(DataError, match=complaint):
+        check_mailbox(addr)
+
+
+def test_local_names_have_limits_too() -> None:
+    with pytest.raises(DataError, match="it is empty"):
+        check_local_part("")
+    with pytest.raises(DataError, match="longer than 64 octets"):
+        check_local_part("é" * 33)
+    assert not is_dot_atom("") and not is_dot_atom("a..b") and not is_dot_atom("a b")
+    assert is_dot_atom("mail.example.com")

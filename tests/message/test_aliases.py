@@ -223,3 +223,25 @@ def test_parse_never_raises_and_every_error_names_a_line(text: str) -> None:
     for name in list(aliases._map):
         for target in aliases.expand(name):
             assert target and "\n" not in target
+
+
+def test_quotes_and_comments_in_targets_do_not_split_them() -> None:
+    aliases = Aliases.parse(
+        'root: "a,\\"b"@example.com, x@example.com (ops, night shift), nobody:;\n'
+        '"na\\"me": z@example.com\n',
+        "f",
+    )
+    assert aliases.errors == ["f:1: alias 'root': 'nobody:;' is not one address"]
+    assert aliases.expand("root") == ['"a,\\"b"@example.com', "x@example.com"]
+    assert aliases.targets('na"me') == ["z@example.com"]
+    assert aliases.targets("nobody") is None
+    assert "2 names" in repr(aliases)
+    assert aliases != "aliases"
+
+
+def test_an_oversized_aliases_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "aliases"
+    with open(path, "wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)
+    with pytest.raises(DataError, match="larger than 16777216 octets"):
+        Aliases.load(str(path))

@@ -233,3 +233,49 @@ def test_a_read_error_is_an_io_failure() -> None:
 
     with pytest.raises(IOFailure, match="Input/output error"):
         Envelope.from_file(Broken())  # type: ignore[arg-type]
+
+
+def test_check_refuses_what_no_relay_should_see() -> None:
+    for change, complaint in [
+        ({"dsn_ret": "NONE"}, "DSN return"),
+        ({"body_type": "BINARYMIME"}, "body type"),
+        ({"submitter_uid": -1}, "uid -1 is out of range"),
+        ({"size": 10**20}, "size"),
+        ({"sender": "root"}, "has no domain"),
+        ({"dsn_envid": "x" * 101}, "at most 100"),
+    ]:
+        env = sample()
+        for name, value in change.items():
+            setattr(env, name, value)
+        with pytest.raises(DataError, match=complaint):
+            env.to_bytes()
+    env = sample()
+    env.recipients[0].notify = "failure,success"
+    with pytest.raises(DataError, match="canonical form"):
+        env.to_bytes()
+
+
+def test_values_compare_and_show_themselves() -> None:
+    assert sample() == sample()
+    assert sample() != "an envelope"
+    assert Recipient("a@b.example") == Recipient("a@b.example", "a@b.example", None)
+    assert Recipient("a@b.example") != "a@b.example"
+    assert "Recipient('a@b.example'" in repr(Recipient("a@b.example"))
+    assert "queue_id='0SB2K3M4N5P6Q7R8'" in repr(sample())
+
+
+def test_an_unseekable_source_reports_the_prelude_length_as_offset() -> None:
+    data = _good()
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.f = io.BytesIO(data + b"msg")
+
+        def read(self, n: int) -> bytes:
+            return self.f.read(n)
+
+        def tell(self) -> int:
+            raise OSError(29, "Illegal seek")
+
+    env = Envelope.from_file(Pipe())  # type: ignore[arg-type]
+    assert env.message_offset == len(data)

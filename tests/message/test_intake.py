@@ -831,3 +831,90 @@ def test_the_hot_path_imports_nothing_heavy() -> None:
     assert "pysendmail.message.intake" in modules
     heavy = {m for m in modules if m.split(".")[0] in FORBIDDEN}
     assert not heavy, f"the hot path imports {sorted(heavy)}"
+
+
+# --------------------------------------------------------------------------- corners
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [65536]])
+def test_a_message_that_starts_with_white_space_is_all_body(sizes: list[int]) -> None:
+    result = run(Trickle(b"  indented text\nSubject: no\n", sizes), recipients=["a@example.com"])
+    assert result.header_lines[2].startswith(b"Message-ID: ")
+    assert result.body == b"  indented text\r\nSubject: no\r\n"
+
+
+def test_a_last_line_without_line_end_that_is_no_header_is_body() -> None:
+    result = run(b"To: x\nno colon here", recipients=["a@example.com"])
+    assert result.field("To") == b"To: x"
+    assert result.body == b"no colon here\r\n"
+
+
+def test_a_non_blocking_stdin_is_an_io_failure() -> None:
+    class NonBlocking:
+        def read(self, n: int) -> None:
+            return None
+
+    with pytest.raises(IOFailure, match="non-blocking"):
+        receive(NonBlocking(), io.BytesIO(), options(recipients=["a@example.com"]))  # type: ignore[arg-type]
+
+
+def test_a_spool_that_fails_to_seek_back_is_an_io_failure() -> None:
+    class NoSeek(io.BytesIO):
+        def seek(self, pos: int, whence: int = 0) -> int:
+            raise OSError(errno.ESPIPE, "Illegal seek")
+
+    with pytest.raises(IOFailure, match="Illegal seek"):
+        receive(io.BytesIO(SIMPLE), NoSeek(), options(recipients=["a@example.com"]))
+
+
+def test_sender_from_header_corners() -> None:
+    with pytest.raises(DataError, match=r"^From header: .*words separated by spaces"):
+        run(b"From: John Smith\n\nx\n", recipients=["a@example.com"], sender_from_header=True)
+    group = run(b"From: Nobody:;\n\nx\n", recipients=["a@example.com"], sender_from_header=True)
+    assert group.envelope.sender == "root@example.com"
+
+
+def test_masquerading_an_unparseable_from_is_refused_not_leaked() -> None:
+    with pytest.raises(DataError, match=r"^From header: "):
+        run(
+            b"From: John Smith\n\nx\n",
+            recipients=["a@example.com"],
+            rewrite_sender="noreply@example.com",
+            rewrite_from_header=True,
+        )
+
+
+def test_gecos_names_follow_the_bsd_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    entries = {
+        4001: ("alice", "& Smith,Room 1,555-1234,"),
+        4002: ("bob", "Bob\x1b[2J Evil"),
+        4003: ("eve\nx", "Eve"),
+    }
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        login, gecos = entries[uid]
+        return pwd.struct_passwd((login, "x", uid, uid, gecos, "/", "/bin/sh"))
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    alice = run(b"\nx\n", recipients=["a@example.com"], uid=4001)
+    assert alice.field("From") == b"From: Alice Smith <alice@example.com>"
+    bob = run(b"\nx\n", recipients=["a@example.com"], uid=4002)
+    assert (
+        bob.field("From") == b"From: bob@example.com"
+    )  # a name with control characters is left out
+    eve = run(b"\nx\n", recipients=["a@example.com"], uid=4003)
+    assert eve.envelope.sender == "4003@example.com"
+    assert eve.envelope.submitter_login == "4003"
+
+
+def test_odd_login_names_are_quoted_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        return pwd.struct_passwd(("AD\\jdoe", "x", uid, uid, "", "/", "/bin/sh"))
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    result = run(b"\nx\n", recipients=["a@example.com"], uid=5000)
+    assert result.envelope.sender == '"AD\\\\jdoe"@example.com'
