@@ -181,25 +181,35 @@ def _check_file(findings: _Findings, path: Path, filename: str, secret: bool) ->
         findings.error(path, f"{filename} is empty")
 
 
+def _check_inline_passwords(findings: _Findings, file_data: dict[str, Any], source: str) -> None:
+    # Whether or not the environment overrides them, passwords written in a
+    # file that every user can read are exposed.
+    relays = file_data.get("relay")
+    if not isinstance(relays, list):
+        return
+    holding = [i for i, r in enumerate(relays) if isinstance(r, dict) and "password" in r]
+    if not holding:
+        return
+    try:
+        st = os.stat(source)
+    except OSError:
+        return
+    if st.st_mode & stat.S_IROTH:
+        for index in holding:
+            findings.warnings.append(
+                f"{source}: relay[{index}].password: warning: the file is readable by every "
+                f"user (mode {_mode(st)}); chmod o-r it, or move the password to password_file"
+            )
+
+
 def inspect(validated: Validated) -> _Findings:
     """What validation cannot see: files named by the relays, permissions, a missing relay."""
     findings = _Findings(validated.origins)
     model = validated.model
     source = validated.data["source_path"]
+    _check_inline_passwords(findings, validated.file_data, source)
     for index, relay in enumerate(model.relay):
         base: Path = ("relay", index)
-        if relay.password is not None and origin_of(validated, (*base, "password")) == "file":
-            try:
-                st = os.stat(source)
-            except OSError:
-                pass
-            else:
-                if st.st_mode & stat.S_IROTH:
-                    findings.warn(
-                        (*base, "password"),
-                        f"the file is readable by every user (mode {_mode(st)}); "
-                        "chmod o-r it, or move the password to password_file",
-                    )
         if relay.password_file is not None:
             _check_file(findings, (*base, "password_file"), relay.password_file, secret=True)
         for key in ("ca_file", "client_cert"):

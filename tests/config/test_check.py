@@ -252,3 +252,15 @@ def test_a_warning_about_a_value_from_the_environment_names_the_variable(
 def test_toml_strings_escape_what_toml_needs() -> None:
     assert toml_string('a"b\\c\x7f\n') == '"a\\"b\\\\c\\u007f\\u000a"'
     assert tomllib.loads("v = " + toml_string('a"b\\c\x7f\n'))["v"] == 'a"b\\c\x7f\n'
+
+
+def test_a_password_in_a_world_readable_file_is_a_warning_even_when_overridden(
+    write: Write, env: dict[str, str]
+) -> None:
+    path = write(RELAY + f'password = "{SECRET}"\n')
+    os.chmod(path, 0o644)
+    environ = {**env, "PYSENDMAIL_RELAY": '[{"host": "other.example.com"}]'}
+    status, out, err = check(path, environ)
+    assert status == 0
+    assert SECRET not in out + err
+    assert err.startswith(f"{path}: relay[0].password: warning: the file is readable by every")
