@@ -178,9 +178,7 @@ def test_plaintext_injected_after_the_starttls_220_is_ignored(
     server.wait()
 
 
-def test_client_certificate(
-    scripted_server: ScriptedFactory, certificates: Certificates, tmp_path: object
-) -> None:
+def test_client_certificate(scripted_server: ScriptedFactory, certificates: Certificates) -> None:
     client_ca = trustme.CA()
     client_cert = client_ca.issue_cert("client@example.test")
     context = certificates.server_context()

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import os
 import socket
@@ -442,6 +443,35 @@ class Peer:
         data = bytes(self._buffer[:end])
         del self._buffer[:end]
         return data
+
+    def discard_data(self) -> tuple[int, str]:
+        """Read a message body up to its "\r\n.\r\n" without keeping it in memory.
+
+        Returns the octet count and SHA-256 (hex) of the wire bytes before the
+        terminator, for tests of big messages where the server must stay small.
+        """
+        marker = b"\r\n.\r\n"
+        digest = hashlib.sha256()
+        count = 0
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        self.sock.settimeout(self.patience)
+        while True:
+            end = pending.find(marker)
+            if end >= 0:
+                digest.update(pending[: end + 2])
+                count += end + 2
+                self._buffer += pending[end + len(marker) :]
+                return count, digest.hexdigest()
+            # Keep a tail that could hold the start of a split marker.
+            keep = len(marker) - 1
+            digest.update(pending[:-keep])
+            count += max(len(pending) - keep, 0)
+            pending = pending[-keep:] if len(pending) >= keep else pending
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("the client closed in the middle of the message")
+            pending += data
 
     def expect(self, prefix: bytes) -> bytes:
         """The next line, which must start with ``prefix`` (case-insensitive)."""
