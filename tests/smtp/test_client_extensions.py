@@ -174,7 +174,7 @@ def test_smtputf8_needed_but_not_offered(smtpd_factory: ServerFactory) -> None:
 def test_dsn_parameters_when_offered(smtpd_factory: ServerFactory) -> None:
     server = smtpd_factory(dsn=True)
     sender = Address("a@b.test", ret="HDRS", envid="QUEUE+ID=1")
-    recipients = [
+    recipients: list[str | Address] = [
         Address("c@d.test", notify="SUCCESS,FAILURE", orcpt="rfc822;c@d.test"),
         Address("e@f.test", notify="NEVER"),
         "g@h.test",

@@ -80,8 +80,14 @@ def then_stall(script: Callable[[Peer], None]) -> Callable[[Peer], None]:
     return run
 
 
-def session(server: ScriptedServer, **options: float) -> SMTP:
-    return SMTP(server.host, server.port, open_timeout=TIMEOUT, read_timeout=TIMEOUT, **options)
+def session(server: ScriptedServer, write_timeout: float = 60.0) -> SMTP:
+    return SMTP(
+        server.host,
+        server.port,
+        open_timeout=TIMEOUT,
+        read_timeout=TIMEOUT,
+        write_timeout=write_timeout,
+    )
 
 
 def run_to(smtp: SMTP, stage: str) -> None:

@@ -123,7 +123,7 @@ class RecordedSession:
     user: str | None = None
 
 
-class RecordedEnvelope(Envelope):  # type: ignore[misc]
+class RecordedEnvelope(Envelope):
     """aiosmtpd's Envelope, plus each recipient with its own options and the final reply."""
 
     def __init__(self) -> None:
@@ -215,7 +215,7 @@ class _Handler:
         return self._server._auth_result(server, True, user)
 
 
-class _RecordingSMTP(AiosmtpdSMTP):  # type: ignore[misc]
+class _RecordingSMTP(AiosmtpdSMTP):
     # Long message lines are the client's business, not this test server's.
     line_length_limit = 1 << 20
 
@@ -235,7 +235,7 @@ class _RecordingSMTP(AiosmtpdSMTP):  # type: ignore[misc]
                 await method(arg)
                 return
             await self.push(reply)
-            if reply.startswith("421"):
+            if reply.startswith("421") and self.transport is not None:
                 self.transport.close()
 
         return command
@@ -263,7 +263,7 @@ class _RecordingSMTP(AiosmtpdSMTP):  # type: ignore[misc]
         return result
 
 
-class _Controller(Controller):  # type: ignore[misc]
+class _Controller(Controller):
     def __init__(self, owner: RecordingServer, **kwargs: Any) -> None:
         self._owner = owner
         super().__init__(**kwargs)
@@ -273,8 +273,9 @@ class _Controller(Controller):  # type: ignore[misc]
 
     def _trigger_server(self) -> None:
         # Port 0 asked the kernel for a port: learn it before connecting to it.
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        server: Any = self.server
+        self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class RecordingServer:
