@@ -5,7 +5,8 @@ whole start-up budget of ``sendmail``. So after validating, we store the plain
 result with ``marshal`` and, next time, use it as long as nothing it was made
 from has changed: the key records the configuration file's identity (path,
 device, inode, size, mtime, ctime, mode), this machine's name, pysendmail's
-version, every ``PYSENDMAIL_…`` variable, and the aliases file's identity.
+version and the identity of its schema and loader modules, every
+``PYSENDMAIL_…`` variable, and the aliases file's identity.
 Anything else is a miss, and a miss means full validation, then a new snapshot.
 
 Where: ``$PYSENDMAIL_CACHE_DIR`` when set, else ``/var/cache/pysendmail`` (only
@@ -99,7 +100,22 @@ def snapshot_key(path: str, explicit: bool, environ: "Mapping[str, str]") -> "tu
         from pysendmail.errors import ConfigError
 
         raise ConfigError(f"{path}: cannot read: no such file")
-    return (MAGIC, __version__, os.uname().nodename, path, identity, environment_key(environ))
+    return (
+        MAGIC,
+        __version__,
+        os.uname().nodename,
+        path,
+        identity,
+        environment_key(environ),
+        _code_identity(),
+    )
+
+
+def _code_identity() -> "tuple[Any, ...]":
+    # The schema and the loader decide what a configuration means: a snapshot
+    # made by other code (an upgrade, a patched default) is not ours to trust.
+    here = os.path.dirname(__file__)
+    return tuple(file_identity(f"{here}/{name}") for name in ("model.py", "loader.py"))
 
 
 def snapshot_name(path: str) -> str:
