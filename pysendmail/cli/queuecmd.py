@@ -269,11 +269,13 @@ def list_queue(settings: "Settings", io: "Streams", *, as_json: bool = False) ->
             marks.add(mark)
         env = e.envelope
         if env is None or e.state is None:
-            out.write(f"{e.queue_id:<{width}}{mark} {'?':>8} {'-':<20} (unreadable: {e.error})\n\n")
+            head = f"{e.queue_id + mark.strip():<{width + 1}} {'?':>8} {'-':<20}"
+            out.write(f"{head} (unreadable: {e.error})\n\n")
             continue
         total += env.size
         sender = env.sender or "MAILER-DAEMON"
-        out.write(f"{e.queue_id:<{width}}{mark} {env.size:>8} {_when(env.arrival):<20} {sender}\n")
+        head = f"{e.queue_id + mark.strip():<{width + 1}} {env.size:>8} {_when(env.arrival):<20}"
+        out.write(f"{head} {sender}\n")
         for r in e.state.recipients:
             out.write(f"{indent}{r.address}\n")
             out.write(f"{indent}  {_recipient_status(r, now)}\n")

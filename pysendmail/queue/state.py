@@ -71,7 +71,7 @@ def _clean_text(value: object, what: str, limit: int) -> str:
     if len(value) > limit:
         raise DataError(f"state file: {what} is longer than {limit} characters")
     if not value.isprintable():
-        raise DataError(f"state file: {what} holds a control character")
+        raise DataError(f"state file: {what} holds a control or unprintable character")
     return value
 
 
@@ -87,16 +87,29 @@ def _time(value: object, what: str, *, optional: bool = False) -> "float | None"
     return number
 
 
+def printable_reply(text: str) -> str:
+    """A server reply as the state keeps it: unprintable characters as ``?``, at most 4000."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= _MAX_REPLY else text[: _MAX_REPLY - 3] + "..."
+
+
 class RecipientState:
-    """What has happened so far to one envelope recipient."""
+    """What has happened so far to one envelope recipient.
+
+    ``reply`` (the last server reply) is made printable and cut to 4000
+    characters when it is set: a relay's reply must never stop the runner
+    from recording a verdict.
+    """
 
     __slots__ = (
+        "_reply",
         "address",
         "attempts",
         "last_attempt",
         "next_attempt",
         "notified",
-        "reply",
         "status",
     )
 
@@ -117,6 +130,14 @@ class RecipientState:
         self.next_attempt = next_attempt
         self.reply = reply
         self.notified = notified
+
+    @property
+    def reply(self) -> str:
+        return self._reply
+
+    @reply.setter
+    def reply(self, value: str) -> None:
+        self._reply = printable_reply(value)
 
     @property
     def pending(self) -> bool:
@@ -141,7 +162,7 @@ class RecipientState:
             raise DataError("state file: notified is not true or false")
 
     def as_data(self) -> "dict[str, Any]":
-        return {name: getattr(self, name) for name in sorted(self.__slots__)}
+        return {name.lstrip("_"): getattr(self, name) for name in sorted(self.__slots__)}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RecipientState):
@@ -293,6 +314,8 @@ class State:
             attempts = row["attempts"]
             if type(attempts) is not int:
                 raise DataError("state file: attempts is not a count")
+            # Checked as read: the setter would quietly clean what a file must not hold.
+            _clean_text(row["reply"], "reply", _MAX_REPLY)
             recipients.append(
                 RecipientState(
                     address=row["address"],

@@ -1,0 +1,314 @@
+"""Commit discipline: acknowledged only once durable; an abort leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import signal
+import stat
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from pysendmail import errors
+from pysendmail.cli import queuecmd
+from pysendmail.message.envelope import Envelope
+from pysendmail.queue import Queue
+from tests.queue.helpers import (
+    REPO,
+    enqueue,
+    message,
+    new_queue,
+    options,
+    queue_files,
+    settings_for,
+    streams,
+    write_config,
+)
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_commit_fsyncs_the_file_links_it_then_fsyncs_the_folder_before_returning(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    settings = settings_for(tmp_path, spool)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_rename = os.fsync, os.link, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", _fd_path(fd)))
+        real_fsync(fd)
+
+    def link(src: str, dst: str, **kw: Any) -> None:
+        events.append(("link", f"{src} -> {dst}"))
+        real_link(src, dst, **kw)
+
+    def rename(src: str, dst: str, **kw: Any) -> None:
+        events.append(("rename", f"{src} -> {dst}"))
+        real_rename(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "rename", rename)
+    opts = options(queue_id="ORDER1")
+    status = queuecmd.submit(None, streams(message("order")), settings, opts)  # type: ignore[arg-type]
+    events.append(("exit", str(status)))
+    monkeypatch.undo()
+
+    tmp_file, queue_file = q.path("tmp", "ORDER1"), q.path("queue", "ORDER1")
+    assert events == [
+        ("fsync", tmp_file),
+        ("link", f"{tmp_file} -> {queue_file}"),
+        ("fsync", q.dir("queue")),
+        ("exit", "0"),
+    ]
+    assert queue_files(q) == ["ORDER1"]
+    assert queue_files(q, "tmp") == []
+
+
+def test_queue_file_is_0600_in_folders_of_0700_and_the_maildrop_is_3733(
+    tmp_path: pathlib.Path,
+) -> None:
+    q = new_queue(tmp_path / "spool")
+    env = enqueue(q)
+    mode = stat.S_IMODE(os.stat(q.path("queue", env.queue_id)).st_mode)
+    assert mode == 0o600
+    for folder in ("tmp", "queue", "state", "hold", "failed"):
+        assert stat.S_IMODE(os.stat(q.dir(folder)).st_mode) == 0o700, folder
+    assert stat.S_IMODE(os.stat(q.dir("maildrop")).st_mode) == 0o3733
+    assert stat.S_IMODE(os.stat(q.root).st_mode) == 0o711
+    assert stat.S_ISFIFO(os.stat(os.path.join(q.root, "trigger")).st_mode)
+
+
+def test_the_queued_file_is_the_prelude_and_the_message_intact(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    data = message("intact", b"line one\r\n\xc3\xa9 8-bit\r\n")
+    env = enqueue(q, data)
+    with open(q.path("queue", env.queue_id), "rb") as f:
+        back = Envelope.from_file(f)
+        body = f.read()
+    assert back == env
+    assert body.startswith(b"Received: by mx.example.com")
+    assert body.endswith(data)
+    assert len(body) == env.size
+
+
+def test_an_exception_while_writing_leaves_nothing_behind(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    with pytest.raises(RuntimeError), q.begin("ABORT1") as pending:
+        pending.file.write(b"half a message")
+        assert queue_files(q, "tmp") == ["ABORT1"]
+        raise RuntimeError("the intake failed")
+    assert queue_files(q, "tmp") == []
+    assert queue_files(q) == []
+
+
+def test_a_message_that_the_intake_refuses_leaves_nothing_behind(tmp_path: pathlib.Path) -> None:
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    settings = settings_for(tmp_path, spool)
+    with pytest.raises(errors.DataError):
+        queuecmd.submit(None, streams(b"Subject: x\0y\r\n\r\n"), settings, options())  # type: ignore[arg-type]
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+def test_an_unfinished_spool_file_is_never_committed(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    with q.begin("SHORT1") as pending:
+        env = Envelope(queue_id="SHORT1", sender="", recipients=[], size=100)
+        pending.file.write(env.to_bytes() + b"only forty octets of the promised hundred")
+        with pytest.raises(errors.IOFailure, match="not complete"):
+            pending.commit()
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+def test_a_queue_id_in_use_is_never_replaced(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    first = enqueue(q, message("first"), queue_id="SAME1")
+    with pytest.raises(errors.CantCreateError, match="already in use"):
+        enqueue(q, message("second"), queue_id="SAME1")
+    with open(q.path("queue", "SAME1"), "rb") as f:
+        assert Envelope.from_file(f) == first
+        assert f.read().endswith(message("first"))
+    assert queue_files(q, "tmp") == []
+
+
+@pytest.mark.parametrize(
+    ("code", "exc", "status"),
+    [(errno.ENOSPC, errors.TemporaryFailure, 75), (errno.EIO, errors.IOFailure, 74)],
+)
+def test_fsync_failure_exits_75_for_a_full_disk_and_74_otherwise(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    exc: type[errors.PysendmailError],
+    status: int,
+) -> None:
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    settings = settings_for(tmp_path, spool)
+
+    def fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(exc) as caught:
+        queuecmd.submit(None, streams(message("x")), settings, options())  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert caught.value.exit_status == status
+    assert "nothing was queued" in str(caught.value)
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+def test_folder_fsync_failure_takes_the_message_back(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = new_queue(tmp_path / "spool")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(_fd_path(fd)):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(errors.IOFailure):
+        enqueue(q)
+    monkeypatch.undo()
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+class _FullDisk:
+    """A spool file on a disk that fills up after ``room`` octets."""
+
+    def __init__(self, real: Any, room: int) -> None:
+        self.real = real
+        self.room = room
+
+    def write(self, data: Any) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        written: int = self.real.write(data)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_disk_full_while_the_intake_writes_exits_75_and_removes_the_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    settings = settings_for(tmp_path, spool)
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kw: Any) -> Any:
+        return _FullDisk(real_fdopen(fd, *args, **kw), 200)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(errors.TemporaryFailure, match="No space left on device"):
+        queuecmd.submit(None, streams(message("big", b"x" * 5000)), settings, options())  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+def test_no_queue_exits_73_and_says_to_run_queue_init(tmp_path: pathlib.Path) -> None:
+    # A system queue that is not there: its parent is not the user's own.
+    (tmp_path / "var").mkdir()
+    os.chown(tmp_path / "var", 1, 1)
+    q = Queue(str(tmp_path / "var" / "spool"))
+    with pytest.raises(errors.CantCreateError, match=r"run `pysendmail queue init` as root") as e:
+        q.begin("NOQ1")
+    assert e.value.exit_status == 73
+    assert not (tmp_path / "var" / "spool").exists()
+
+
+def test_a_personal_queue_is_created_on_first_use(tmp_path: pathlib.Path) -> None:
+    q = Queue(str(tmp_path / "spool"))
+    env = enqueue(q)
+    assert queue_files(q) == [env.queue_id]
+
+
+def test_commit_pokes_a_watching_runner(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    with q.watch() as trigger:
+        assert not trigger.wait(0)
+        enqueue(q)
+        assert trigger.wait(1)
+        assert not trigger.wait(0)  # every poke was consumed
+    assert not q.poke()  # nobody listens any more: a no-op, never a block
+
+
+# --------------------------------------------------------------------------- signals
+
+SENDMAIL = str(REPO / ".venv" / "bin" / "sendmail")
+
+
+def _submitter(tmp_path: pathlib.Path) -> tuple[Queue, list[str], dict[str, str]]:
+    """A queue, and the real ``sendmail`` command line that queues into it."""
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    config = write_config(tmp_path, spool)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYSENDMAIL_CACHE_DIR": str(tmp_path)}
+    return q, [SENDMAIL, "-C", str(config), "-i", "bob@example.net"], env
+
+
+def _wait_for(predicate: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_while_reading_removes_the_file_and_exits_75(
+    tmp_path: pathlib.Path, signum: int
+) -> None:
+    q, argv, env = _submitter(tmp_path)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(message("sig")[:60])
+    proc.stdin.flush()
+    _wait_for(lambda: queue_files(q, "tmp") != [])
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=20)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 75
+    assert (
+        stderr.decode()
+        == f"sendmail: stopped by {name} while reading the message; nothing was queued\n"
+    )
+    assert queue_files(q, "tmp") == [] and queue_files(q) == []
+
+
+def test_an_ignored_sighup_stays_ignored_as_under_nohup(tmp_path: pathlib.Path) -> None:
+    q, argv, env = _submitter(tmp_path)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert proc.stdin is not None
+    data = message("nohup")
+    proc.stdin.write(data[:60])
+    proc.stdin.flush()
+    _wait_for(lambda: queue_files(q, "tmp") != [])
+    proc.send_signal(signal.SIGHUP)
+    proc.stdin.write(data[60:])
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert len(queue_files(q)) == 1
