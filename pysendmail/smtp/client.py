@@ -1,8 +1,10 @@
 """The blocking SMTP client: Ruby's Net::SMTP spelled in Python, driving ``ClientProtocol``.
 
-``SMTP`` owns one socket and one ``ClientProtocol``; everything about the
-protocol (checks, parameters, state, reply framing) is decided there, and this
-module only moves bytes and time::
+``SMTP`` holds the settings of a session and, while started, one
+``Connection`` (socket, ``ClientProtocol``, deadlines: ``connection``).
+Everything about the protocol (checks, parameters, state, reply framing) is
+decided by the protocol object; this module decides which commands to send
+and what their replies mean to the caller::
 
     with SMTP.start("smtp.example.com", 587, helo="client.example.com",
                     user="me", secret="pw") as smtp:
@@ -46,13 +48,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
-import socket
 import ssl
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import (
     IO,
@@ -69,21 +67,17 @@ from typing import (
 
 from pysendmail.errors import (
     SMTPAuthenticationError,
-    SMTPConnectError,
     SMTPError,
     SMTPOpenTimeout,
-    SMTPReadTimeout,
     SMTPRecipientsRefused,
     SMTPSecurityError,
     SMTPServerDisconnected,
-    SMTPTimeoutError,
-    SMTPTLSError,
     SMTPUnsupportedCommand,
-    SMTPWriteTimeout,
     error_for_reply,
 )
 from pysendmail.smtp import auth
 from pysendmail.smtp.address import Address, check_argument, coerce
+from pysendmail.smtp.connection import Connection, MessageWriter, SendResult, Timeouts, Trace
 from pysendmail.smtp.encoder import MessageInput, MessageSource
 from pysendmail.smtp.protocol import (
     Auth,
@@ -110,30 +104,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SMTP", "MessageWriter", "SendResult", "StartTLSMode"]
 
-logger = logging.getLogger("pysendmail.smtp")
-
-#: Octets of message data gathered before one write: large enough that a big
-#: message costs few system calls, small enough that memory stays flat.
-WRITE_SIZE = 65536
-_RECV_SIZE = 65536
 #: A hostile server could send 334 for ever; no real mechanism needs more.
 MAX_AUTH_CHALLENGES = 8
 
 StartTLSMode: TypeAlias = Literal["auto", "always", False]
 _QUIT_STATES = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What a sent message got: the final reply and the recipients the server refused.
-
-    ``refused`` maps each refused address to the reply that refused it; it is
-    empty when every recipient was accepted.
-    """
-
-    response: Response
-    refused: dict[str, Response] = field(default_factory=dict)
-
 
 _S = TypeVar("_S", bound="SMTP")
 _S_co = TypeVar("_S_co", bound="SMTP", covariant=True)
@@ -167,7 +142,7 @@ class _InstanceStart(Protocol[_S_co]):
 class _StartDescriptor:
     """``SMTP.start(address, ...)`` creates and starts; ``smtp.start(...)`` starts ``smtp``.
 
-    Net::SMTP has both, under one name; Python needs a descriptor for that.
+    Net::SMTP has both under one name; in Python that takes a descriptor.
     """
 
     @overload
@@ -209,6 +184,13 @@ def _flatten(items: Iterable[object]) -> list[Address]:
     return out
 
 
+def _recipients(to_addrs: Iterable[object]) -> list[Address]:
+    recipients = _flatten(to_addrs)
+    if not recipients:
+        raise ValueError("no recipients given")
+    return recipients
+
+
 def _tls_version(value: ssl.TLSVersion | str) -> ssl.TLSVersion:
     if isinstance(value, ssl.TLSVersion):
         return value
@@ -217,87 +199,6 @@ def _tls_version(value: ssl.TLSVersion | str) -> ssl.TLSVersion:
     if name not in versions:
         raise ValueError(f"tls_min_version must be TLSv1.2 or TLSv1.3, not {value!r}")
     return versions[name]
-
-
-class MessageWriter:
-    """The message body being written after DATA: streamed, normalised and dot-stuffed.
-
-    ``write`` takes str (encoded UTF-8) or bytes; line ends may be CRLF, LF
-    or CR, and may be split across writes. ``close()`` ends the message and
-    returns the server's reply; leaving a ``with`` block does the same, unless
-    the block raised, in which case the connection is dropped so that no
-    truncated message is delivered.
-    """
-
-    def __init__(self, client: SMTP, refused: dict[str, Response]) -> None:
-        self._client = client
-        self._buffer = bytearray()
-        self._closed = False
-        #: Recipients the server refused (address -> reply); set before the first write.
-        self.refused = refused
-        #: The reply to the end of the message, once closed.
-        self.response: Response | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def result(self) -> SendResult | None:
-        """The final reply and the refused recipients, once the message is closed."""
-        return None if self.response is None else SendResult(self.response, self.refused)
-
-    def write(self, data: str | bytes | bytearray | memoryview) -> int:
-        """Add ``data`` to the message; returns how many characters or octets were taken."""
-        if self._closed:
-            raise ValueError("write to a closed message")
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-        self._buffer += self._client._body_bytes(raw)
-        if len(self._buffer) >= WRITE_SIZE:
-            self._client._write(self._buffer)
-            self._buffer.clear()
-        return len(data)
-
-    def writelines(self, lines: Iterable[str | bytes | bytearray | memoryview]) -> None:
-        """Write each item in turn (like ``IO.writelines``: no line ends are added)."""
-        for line in lines:
-            self.write(line)
-
-    def print(self, *args: object, sep: str = " ", end: str = "\n") -> None:
-        """Like ``print(*args, file=...)``: the arguments as text, then a line end."""
-        self.write(sep.join(str(arg) for arg in args) + end)
-
-    def close(self) -> Response:
-        """End the message and return the reply; raises the reply's error when it is not 2xx."""
-        if self._closed:
-            if self.response is None:
-                raise ValueError("the message was abandoned and not sent")
-            return self.response
-        self._closed = True
-        buffer, self._buffer = self._buffer, bytearray()
-        self.response = self._client._end_body(buffer)
-        return self.response
-
-    def abort(self) -> None:
-        """Drop the connection without ending the message: nothing of it is delivered."""
-        if not self._closed:
-            self._closed = True
-            self._buffer.clear()
-            self._client._kill("the message was abandoned while being written")
-
-    def __enter__(self) -> MessageWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
 
 class SMTP:
@@ -366,17 +267,11 @@ class SMTP:
         self.tls_min_version = None if tls_min_version is None else _tls_version(tls_min_version)
         self.source_address = source_address
         self.allow_plaintext_auth = allow_plaintext_auth
-        self.open_timeout = open_timeout
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
+        self._timeouts = Timeouts(open_timeout, read_timeout, write_timeout)
         self.esmtp = esmtp
-        self._debug: IO[str] | None = debug_output
-        self._sock: socket.socket | None = None
-        self._proto: ClientProtocol | None = None
+        self._trace = Trace(debug_output)
+        self._conn: Connection | None = None
         self._started = False
-        self._encrypted = False
-        # Why the session is over, once it is: every later command says so.
-        self._dead: str | None = None
         self._helo_name = "localhost"
         # Built on first use and kept: every session of this object shares it.
         self._context: ssl.SSLContext | None = None
@@ -388,6 +283,33 @@ class SMTP:
         return f"<{type(self).__name__} {host}:{self.port} started={self._started}>"
 
     @property
+    def open_timeout(self) -> float | None:
+        """Seconds for the TCP connect, the TLS handshake and the greeting together."""
+        return self._timeouts.open
+
+    @open_timeout.setter
+    def open_timeout(self, value: float | None) -> None:
+        self._timeouts.open = value
+
+    @property
+    def read_timeout(self) -> float | None:
+        """Seconds for each whole reply; a change applies to the next reply of a live session."""
+        return self._timeouts.read
+
+    @read_timeout.setter
+    def read_timeout(self, value: float | None) -> None:
+        self._timeouts.read = value
+
+    @property
+    def write_timeout(self) -> float | None:
+        """Seconds for each write (a command, a batch, 64 KiB of message)."""
+        return self._timeouts.write
+
+    @write_timeout.setter
+    def write_timeout(self, value: float | None) -> None:
+        self._timeouts.write = value
+
+    @property
     def started(self) -> bool:
         """True from a successful ``start`` until ``finish``."""
         return self._started
@@ -395,12 +317,13 @@ class SMTP:
     @property
     def encrypted(self) -> bool:
         """Whether the connection is protected by TLS now (implicit or after STARTTLS)."""
-        return self._encrypted and self._sock is not None
+        conn = self._conn
+        return conn is not None and conn.encrypted and conn.dead is None
 
     @property
     def capabilities(self) -> Capabilities:
         """The extensions of the last EHLO reply; lookups are case-insensitive."""
-        return self._proto.capabilities if self._proto is not None else Capabilities()
+        return self._conn.proto.capabilities if self._conn is not None else Capabilities()
 
     def capable(self, name: str) -> bool:
         """Whether the server announced the extension ``name`` (STARTTLS, SIZE, ...)."""
@@ -418,24 +341,15 @@ class SMTP:
     @property
     def debug_output(self) -> IO[str] | None:
         """The text stream the trace goes to; None sends it to ``logging`` at DEBUG."""
-        return self._debug
+        return self._trace.stream
 
     @debug_output.setter
     def debug_output(self, stream: IO[str] | None) -> None:
-        self._debug = stream
+        self._trace.stream = stream
 
     def set_debug_output(self, stream: IO[str] | None) -> None:
         """Send the trace to ``stream`` (None: back to ``logging``)."""
-        self._debug = stream
-
-    def _tracing(self) -> bool:
-        return self._debug is not None or logger.isEnabledFor(logging.DEBUG)
-
-    def _trace(self, text: str) -> None:
-        if self._debug is not None:
-            self._debug.write(text + "\n")
-        else:
-            logger.debug("%s", text)
+        self._trace.stream = stream
 
     # ------------------------------------------------------------------ start and finish
 
@@ -447,7 +361,7 @@ class SMTP:
         secret: str | None = None,
         authtype: str | None = None,
     ) -> Self:
-        if self._started or self._sock is not None:
+        if self._started or self._conn is not None:
             raise LocalProtocolError("the SMTP session is already started")
         if (user is None) != (secret is None):
             raise ValueError("user and secret must be given together")
@@ -459,7 +373,6 @@ class SMTP:
                 auth.canonical_name(authtype)
         # Loading the system's CA store costs ~40 ms: only when TLS is certain.
         context = self._tls_context() if self.tls else None
-        self._dead = None
         self._helo_name = helo
         try:
             self._connect(context)
@@ -476,25 +389,28 @@ class SMTP:
                 assert secret is not None
                 self.authenticate(user, secret, authtype)
         except BaseException:
-            self._abandon()
+            self._goodbye()
             raise
         self._started = True
         return self
 
-    def _abandon(self) -> None:
-        """After a failed start: QUIT when the server can still take it, then close."""
-        proto = self._proto
-        if (
-            self._sock is not None
-            and self._dead is None
-            and proto is not None
-            and proto.state in _QUIT_STATES
-            and not proto.pending
-        ):
-            with suppress(SMTPError, LocalProtocolError):
-                self.quit()
-        self._close_socket()
-        self._dead = None
+    def _goodbye(self) -> None:
+        """QUIT when the server can still take it, then close, whatever happens."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            proto = conn.proto
+            if conn.dead is None and proto.state in _QUIT_STATES and not proto.pending:
+                try:
+                    conn.exchange(Quit())
+                except SMTPError as exc:
+                    # The messages are sent or not already; a failed goodbye
+                    # changes nothing for the caller.
+                    if self._trace.on:
+                        self._trace(f"-- QUIT failed: {exc}")
+        finally:
+            conn.close()
 
     def finish(self) -> None:
         """Send QUIT (when the session is alive) and close; OSError when not started.
@@ -505,26 +421,11 @@ class SMTP:
         if not self._started:
             raise SMTPServerDisconnected("the SMTP session is not started")
         try:
-            proto = self._proto
-            if (
-                self._sock is not None
-                and self._dead is None
-                and proto is not None
-                and proto.state in _QUIT_STATES
-                and not proto.pending
-            ):
-                try:
-                    self.quit()
-                except SMTPError as exc:
-                    # The messages are sent or not already; a failed goodbye
-                    # changes nothing for the caller.
-                    if self._tracing():
-                        self._trace(f"-- QUIT failed: {exc}")
+            self._goodbye()
         finally:
-            self._close_socket()
             self._started = False
 
-    def __enter__(self) -> SMTP:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -535,8 +436,6 @@ class SMTP:
     ) -> None:
         if self._started:
             self.finish()
-
-    # ------------------------------------------------------------------ sockets
 
     def _tls_context(self) -> ssl.SSLContext:
         if self.ssl_context is not None:
@@ -554,181 +453,31 @@ class SMTP:
         self._context = context
         return context
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return None if timeout is None else time.monotonic() + timeout
-
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
-        if deadline is None:
-            return None
-        return max(deadline - time.monotonic(), 0.0)
-
     def _connect(self, context: ssl.SSLContext | None) -> None:
-        deadline = self._deadline(self.open_timeout)
-        where = f"{self.address}:{self.port}"
-        if self._tracing():
-            self._trace(f"-- connecting to {where}")
-        try:
-            sock = socket.create_connection(
-                (self.address, self.port),
-                timeout=self.open_timeout,
-                source_address=self.source_address,
-            )
-        except TimeoutError as exc:
-            raise SMTPOpenTimeout(f"connecting to {where} timed out") from exc
-        except OSError as exc:
-            raise SMTPConnectError(f"cannot connect to {where}: {exc}") from exc
-        with suppress(OSError):  # not TCP after all: latency, not correctness
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
-        self._proto = ClientProtocol()
-        self._encrypted = False
-        if self.tls:
-            assert context is not None
-            self._wrap(context, deadline)
-        greeting = self._read_reply(deadline=deadline, timeout_error=SMTPOpenTimeout)
+        conn = Connection.open(
+            self.address,
+            self.port,
+            timeouts=self._timeouts,
+            trace=self._trace,
+            source_address=self.source_address,
+        )
+        self._conn = conn
+        deadline = conn.deadline(self.open_timeout)
+        if context is not None:
+            conn.start_tls(context, self.tls_hostname or self.address, deadline)
+        greeting = conn.read_reply(deadline=deadline, timeout_error=SMTPOpenTimeout)
         if greeting.code != 220:
             raise error_for_reply(greeting)
 
-    def _wrap(self, context: ssl.SSLContext, deadline: float | None) -> None:
-        sock = self._sock
-        assert sock is not None
-        hostname = self.tls_hostname or self.address
-        try:
-            sock.settimeout(self._remaining(deadline))
-            self._sock = context.wrap_socket(sock, server_hostname=hostname)
-        except TimeoutError as exc:
-            self._kill("TLS handshake timed out")
-            raise SMTPOpenTimeout(f"the TLS handshake with {hostname} timed out") from exc
-        except ssl.SSLError as exc:
-            # Certificate verification failures land here too.
-            self._kill(f"TLS handshake failed: {exc}")
-            raise SMTPTLSError(f"TLS with {hostname} failed: {exc}") from exc
-        except OSError as exc:
-            self._kill(f"connection lost during the TLS handshake: {exc}")
-            raise SMTPServerDisconnected(
-                f"the connection was lost during the TLS handshake with {hostname}: {exc}"
-            ) from exc
-        self._encrypted = True
-        if self._tracing():
-            tls_sock = self._sock
-            assert isinstance(tls_sock, ssl.SSLSocket)
-            self._trace(f"-- TLS established: {tls_sock.version()} {tls_sock.cipher()}")
-
-    def _close_socket(self) -> None:
-        sock, self._sock = self._sock, None
-        self._encrypted = False
-        if sock is not None:
-            with suppress(OSError):
-                sock.close()
-
-    def _kill(self, reason: str) -> None:
-        """The session is dead: remember why, close the socket, refuse everything after."""
-        if self._dead is None:
-            self._dead = reason
-            if self._tracing():
-                self._trace(f"-- session dead: {reason}")
-        if self._proto is not None:
-            self._proto.connection_lost(reason)
-        self._close_socket()
-
-    def _live(self) -> tuple[socket.socket, ClientProtocol]:
-        if self._dead is not None:
-            raise SMTPServerDisconnected(f"the SMTP session is over: {self._dead}")
-        if self._sock is None or self._proto is None:
+    def _live(self) -> Connection:
+        conn = self._conn
+        if conn is None:
             raise SMTPServerDisconnected("the SMTP session is not connected; call start() first")
-        return self._sock, self._proto
-
-    def _write(self, data: bytes | bytearray, traces: Iterable[str] = ()) -> None:
-        sock, _ = self._live()
-        if self._tracing():
-            for text in traces:
-                self._trace(f"<- {text!r}")
-        try:
-            sock.settimeout(self.write_timeout)
-            sock.sendall(data)
-        except TimeoutError as exc:
-            self._kill("write timed out")
-            raise SMTPWriteTimeout(
-                f"writing to {self.address}:{self.port} took longer than {self.write_timeout} s"
-            ) from exc
-        except OSError as exc:
-            self._kill(f"write failed: {exc}")
-            raise SMTPServerDisconnected(
-                f"the connection to {self.address}:{self.port} was lost while writing: {exc}"
-            ) from exc
-        except BaseException:
-            # Interrupted half way: nobody knows what the server received.
-            self._kill("interrupted while writing")
-            raise
-
-    def _read_reply(
-        self,
-        *,
-        deadline: float | None = None,
-        timeout_error: type[SMTPTimeoutError] = SMTPReadTimeout,
-    ) -> Response:
-        sock, proto = self._live()
-        started = False
-        while True:
-            try:
-                reply = proto.next_reply()
-            except SMTPError as exc:
-                self._kill(str(exc))
-                raise
-            if reply is not None:
-                break
-            if not started:
-                started = True
-                if deadline is None:
-                    # One deadline for the whole reply: a server dribbling a
-                    # byte at a time cannot stretch it.
-                    deadline = self._deadline(self.read_timeout)
-            remaining = self._remaining(deadline)
-            try:
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                data = sock.recv(_RECV_SIZE)
-            except TimeoutError as exc:
-                self._kill("timed out waiting for a reply")
-                raise timeout_error(
-                    f"no complete reply from {self.address}:{self.port} in time"
-                ) from exc
-            except OSError as exc:
-                self._kill(f"read failed: {exc}")
-                raise SMTPServerDisconnected(
-                    f"the connection to {self.address}:{self.port} was lost: {exc}"
-                ) from exc
-            except BaseException:
-                self._kill("interrupted while reading")
-                raise
-            proto.receive_data(data)
-        if self._tracing():
-            self._trace(f"-> {reply.string!r}")
-        if reply.code == 421:
-            # The server is closing the transmission channel (RFC 5321 3.8).
-            self._kill(f"the server is closing: {reply}")
-            raise error_for_reply(reply)
-        return reply
-
-    def _send(self, command: Command) -> bytes:
-        _, proto = self._live()
-        try:
-            return proto.send(command)
-        except SMTPError as exc:
-            if proto.state is State.CLOSED:
-                self._kill(str(exc))
-            raise
-
-    def _exchange(self, command: Command) -> Response:
-        """Send one command in one write and return its reply, whatever it is."""
-        data = self._send(command)
-        self._write(data, (command.trace(data),))
-        return self._read_reply()
+        conn.live()
+        return conn
 
     def _getok(self, command: Command) -> Response:
-        reply = self._exchange(command)
+        reply = self._live().exchange(command)
         if not reply.success:
             raise error_for_reply(reply)
         return reply
@@ -749,7 +498,7 @@ class SMTP:
 
     def _hello(self, domain: str) -> None:
         if self.esmtp:
-            reply = self._exchange(Ehlo(domain))
+            reply = self._live().exchange(Ehlo(domain))
             if reply.success:
                 self._helo_name = domain
                 return
@@ -767,18 +516,17 @@ class SMTP:
         return self._starttls(None)
 
     def _starttls(self, context: ssl.SSLContext | None) -> Response:
-        self._live()
-        if self._encrypted:
+        conn = self._live()
+        if conn.encrypted:
             raise LocalProtocolError("the connection is already encrypted")
         if not self.capable("STARTTLS"):
             raise SMTPUnsupportedCommand("the server does not offer STARTTLS")
         context = context or self._tls_context()
-        reply = self._exchange(StartTLS())
+        reply = conn.exchange(StartTLS())
         if reply.code != 220:
             raise error_for_reply(reply)
-        self._wrap(context, self._deadline(self.open_timeout))
-        _, proto = self._live()
-        proto.tls_started()
+        conn.start_tls(context, self.tls_hostname or self.address, conn.deadline(self.open_timeout))
+        conn.proto.tls_started()
         self._hello(self._helo_name)
         return reply
 
@@ -791,8 +539,8 @@ class SMTP:
         control character (ValueError). A refusal by the server raises
         SMTPAuthenticationError (5xx) or SMTPServerBusy (4xx).
         """
-        self._live()
-        if not self.encrypted and not self.allow_plaintext_auth:
+        conn = self._live()
+        if not conn.encrypted and not self.allow_plaintext_auth:
             raise SMTPSecurityError(
                 "refusing to send credentials over a connection without TLS "
                 "(use TLS, or allow_plaintext_auth=True on a trusted network)"
@@ -806,7 +554,7 @@ class SMTP:
                 f"the server does not offer AUTH {wanted} (it offers: {listed})"
             )
         mechanism = auth.mechanism(name, user, secret)
-        reply = self._exchange(Auth(name, mechanism.initial_response()))
+        reply = conn.exchange(Auth(name, mechanism.initial_response()))
         challenges = 0
         while reply.code == 334:
             challenges += 1
@@ -817,12 +565,12 @@ class SMTP:
                 answer = mechanism.respond(challenge)
             except (binascii.Error, ValueError) as exc:
                 # Cancel the exchange (RFC 4954 section 4) so the session stays usable.
-                cancel = self._exchange(AuthCancel())
+                cancel = conn.exchange(AuthCancel())
                 raise SMTPAuthenticationError(
                     f"AUTH {name} abandoned: {exc} (the server answered the cancel with {cancel})",
                     cancel,
                 ) from exc
-            reply = self._exchange(AuthResponse(answer))
+            reply = conn.exchange(AuthResponse(answer))
         if not reply.success:
             raise error_for_reply(reply, during_auth=True)
         return reply
@@ -847,17 +595,15 @@ class SMTP:
 
         Raises SMTPRecipientsRefused when every one was refused.
         """
-        recipients = _flatten(to_addrs)
-        if not recipients:
-            raise ValueError("no recipients given")
-        _, proto = self._live()
+        recipients = _recipients(to_addrs)
+        conn = self._live()
         commands = [Rcpt(r) for r in recipients]
         for command in commands:
-            proto.encode(command)
-        if proto.pipelining:
-            replies = self._pipeline(commands)
+            conn.proto.encode(command)
+        if conn.proto.pipelining:
+            replies = conn.pipeline(commands)
         else:
-            replies = [self._exchange(c) for c in commands]
+            replies = [conn.exchange(c) for c in commands]
         refused = {
             r.address: rep for r, rep in zip(recipients, replies, strict=True) if not rep.success
         }
@@ -872,12 +618,13 @@ class SMTP:
     def data(self, msg: MessageInput | None = None) -> MessageWriter | Response:
         """DATA. With ``msg``: send it and return the final reply. Without: a writer."""
         source = None if msg is None else MessageSource.of(msg)
-        reply = self._exchange(Data())
+        conn = self._live()
+        reply = conn.exchange(Data())
         if reply.code != 354:
             raise error_for_reply(reply)
         if source is None:
-            return MessageWriter(self, {})
-        return self._send_body(source)
+            return MessageWriter(conn, {})
+        return conn.send_body(source)
 
     def rset(self) -> Response:
         """RSET: abandon the mail transaction."""
@@ -889,13 +636,13 @@ class SMTP:
 
     def quit(self) -> Response:
         """QUIT; the connection is closed after the reply. ``finish`` is the usual way."""
+        conn = self._live()
         try:
-            reply = self._exchange(Quit())
+            return conn.exchange(Quit())
         finally:
-            if self._dead is None:
-                self._dead = "QUIT was sent"
-            self._close_socket()
-        return reply
+            if conn.dead is None:
+                conn.dead = "QUIT was sent"
+            conn.close()
 
     # ------------------------------------------------------------------ messages
 
@@ -913,14 +660,14 @@ class SMTP:
         advance (BODY=8BITMIME). Raises SMTPRecipientsRefused, sending no
         message data, when no recipient is accepted.
         """
-        self._live()
+        conn = self._live()
         source = MessageSource.of(msg)
         if eightbit is None:
             eightbit = bool(source.eightbit)
-        sender = coerce(from_addr)
-        recipients = self._recipients(to_addrs)
-        refused = self._transaction(sender, recipients, source.size, eightbit)
-        return SendResult(self._send_body(source), refused)
+        refused = self._transaction(
+            conn, coerce(from_addr), _recipients(to_addrs), source.size, eightbit
+        )
+        return SendResult(conn.send_body(source), refused)
 
     send_mail = send_message
     sendmail = send_message
@@ -938,11 +685,11 @@ class SMTP:
         block, ``f.result`` holds the final reply and the refused recipients.
         If the block raises, the connection is dropped and nothing is delivered.
         """
-        self._live()
-        sender = coerce(from_addr)
-        recipients = self._recipients(to_addrs)
-        refused = self._transaction(sender, recipients, None, bool(eightbit))
-        writer = MessageWriter(self, refused)
+        conn = self._live()
+        refused = self._transaction(
+            conn, coerce(from_addr), _recipients(to_addrs), None, bool(eightbit)
+        )
+        writer = MessageWriter(conn, refused)
         try:
             yield writer
         except BaseException:
@@ -952,31 +699,20 @@ class SMTP:
 
     ready = open_message_stream
 
-    def _recipients(self, to_addrs: Iterable[object]) -> list[Address]:
-        recipients = _flatten(to_addrs)
-        if not recipients:
-            raise ValueError("no recipients given")
-        return recipients
-
-    def _pipeline(self, commands: Sequence[Command]) -> list[Response]:
-        wire = bytearray()
-        traces = []
-        for command in commands:
-            data = self._send(command)
-            wire += data
-            traces.append(command.trace(data))
-        self._write(wire, traces)
-        return [self._read_reply() for _ in commands]
-
     def _transaction(
-        self, sender: Address, recipients: list[Address], size: int | None, eightbit: bool
+        self,
+        conn: Connection,
+        sender: Address,
+        recipients: list[Address],
+        size: int | None,
+        eightbit: bool,
     ) -> dict[str, Response]:
         """MAIL, RCPT for each recipient, DATA; returns the refused ones once 354 arrived.
 
         On any refusal that ends the transaction, it is cleaned up (the empty
         body ended after a stray 354, RSET) before the error is raised.
         """
-        _, proto = self._live()
+        proto = conn.proto
         smtputf8 = any(r.needs_smtputf8() for r in recipients)
         mail = Mail(sender, size, eightbit, smtputf8)
         rcpts = [Rcpt(r) for r in recipients]
@@ -985,15 +721,15 @@ class SMTP:
             proto.encode(command)
         data_reply: Response | None = None
         if proto.pipelining:
-            replies = self._pipeline([mail, *rcpts, Data()])
+            replies = conn.pipeline([mail, *rcpts, Data()])
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
-            mail_reply = self._exchange(mail)
+            mail_reply = conn.exchange(mail)
             if not mail_reply.success:
                 raise error_for_reply(mail_reply)
-            rcpt_replies = [self._exchange(c) for c in rcpts]
+            rcpt_replies = [conn.exchange(c) for c in rcpts]
             if any(r.success for r in rcpt_replies):
-                data_reply = self._exchange(Data())
+                data_reply = conn.exchange(Data())
         refused = {
             r.address: rep
             for r, rep in zip(recipients, rcpt_replies, strict=True)
@@ -1007,54 +743,19 @@ class SMTP:
         elif data_reply is not None and data_reply.code != 354:
             error = error_for_reply(data_reply)
         if error is not None:
-            self._reset_after(data_reply)
+            self._reset_after(conn, data_reply)
             raise error
         return refused
 
-    def _reset_after(self, data_reply: Response | None) -> None:
+    @staticmethod
+    def _reset_after(conn: Connection, data_reply: Response | None) -> None:
         """Leave a failed transaction cleanly, so the session can send the next message."""
-        try:
-            _, proto = self._live()
+        with suppress(SMTPError):  # a dead session says so on the next command
             if data_reply is not None and data_reply.code == 354:
                 # RFC 2920 section 3.1: a 354 with no accepted recipient is
                 # answered with an empty message, which the server refuses.
-                end = proto.end_body()
-                self._write(end, (end.decode("ascii"),))
-                self._read_reply()
-            if proto.state in (State.MAIL, State.RCPT):
-                self._exchange(Rset())
-        except SMTPError:
-            pass  # the session is dead now and says so on the next command
-
-    def _body_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
-        _, proto = self._live()
-        return proto.send_body(data)
-
-    def _send_body(self, source: MessageSource) -> Response:
-        buffer = bytearray()
-        try:
-            for chunk in source.chunks():
-                buffer += self._body_bytes(chunk)
-                if len(buffer) >= WRITE_SIZE:
-                    self._write(buffer)
-                    buffer.clear()
-        except SMTPError:
-            raise
-        except BaseException:
-            # The caller's file or iterable failed half way: ending the message
-            # now would deliver it truncated, so the connection is dropped.
-            self._kill("the message source failed while being sent")
-            raise
-        return self._end_body(buffer)
-
-    def _end_body(self, buffer: bytearray) -> Response:
-        _, proto = self._live()
-        end = proto.end_body()
-        buffer += end
-        if self._tracing():
-            self._trace(f"<- [message data: {proto.body_octets} octets]")
-        self._write(buffer, (".\r\n",))
-        reply = self._read_reply()
-        if not reply.success:
-            raise error_for_reply(reply)
-        return reply
+                end = conn.live().end_body()
+                conn.write(end, (end.decode("ascii"),))
+                conn.read_reply()
+            if conn.proto.state in (State.MAIL, State.RCPT):
+                conn.exchange(Rset())

@@ -88,7 +88,8 @@ def test_nagle_is_off(smtpd: RecordingServer) -> None:
     import socket
 
     with SMTP.start(smtpd.host, smtpd.port) as smtp:
-        sock = smtp._sock
+        assert smtp._conn is not None
+        sock = smtp._conn.socket
         assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 

@@ -1,0 +1,441 @@
+"""One live SMTP connection: a socket, the ``ClientProtocol`` on it, time limits, the trace.
+
+``Connection`` is the blocking network backend of ``SMTP`` (``client``): it
+opens the TCP connection, runs the TLS handshake, writes command bytes in one
+``sendall`` each, reads until the protocol has a whole reply, and streams
+message bodies in ``WRITE_SIZE`` writes. ``client.SMTP`` decides what to send;
+this module decides nothing about SMTP, it moves bytes under deadlines.
+``MessageWriter`` (the object ``data()`` and ``open_message_stream`` hand out)
+lives here because it only ever talks to the connection.
+
+The rule it exists to keep: after any I/O error, timeout, protocol violation
+or 421, the connection is dead. The socket is closed at once, the reason is
+kept, and every later use raises ``SMTPServerDisconnected`` without touching
+the network. Foreign exceptions (``OSError``, ``ssl.SSLError``,
+``TimeoutError``) are translated here and nowhere else, ``raise ... from``
+the original. A message body is never ended with "." unless all of it was
+sent: when the caller's data fails half way the connection is dropped instead,
+so no truncated message is ever delivered.
+
+The trace (``Trace``) shows commands and replies as ``repr`` strings, which
+escapes anything a hostile server might send to a terminal; AUTH payloads
+arrive here already redacted (``Command.trace``), and the body only as its
+size. Nothing here stores credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO
+
+from pysendmail.errors import (
+    SMTPConnectError,
+    SMTPError,
+    SMTPOpenTimeout,
+    SMTPReadTimeout,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    SMTPWriteTimeout,
+    error_for_reply,
+)
+from pysendmail.smtp.encoder import MessageSource
+from pysendmail.smtp.protocol import ClientProtocol, Command, State
+from pysendmail.smtp.reply import Response
+
+__all__ = ["WRITE_SIZE", "Connection", "MessageWriter", "SendResult", "Timeouts", "Trace"]
+
+logger = logging.getLogger("pysendmail.smtp")
+
+#: Octets of message data gathered before one write: large enough that a big
+#: message costs few system calls, small enough that memory stays flat.
+WRITE_SIZE = 65536
+_RECV_SIZE = 65536
+
+
+class Trace:
+    """Where the debug trace goes: a text stream when set, else ``logging`` at DEBUG."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+
+    @property
+    def on(self) -> bool:
+        """Whether anybody listens; callers skip building trace text when not."""
+        return self.stream is not None or logger.isEnabledFor(logging.DEBUG)
+
+    def __call__(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(text + "\n")
+        else:
+            logger.debug("%s", text)
+
+
+@dataclass
+class Timeouts:
+    """The three time limits in seconds (None: wait for ever), read at each operation.
+
+    Shared between ``SMTP`` and its connection, so that changing
+    ``smtp.read_timeout`` on a live session applies to the next reply.
+    """
+
+    open: float | None = 30.0
+    read: float | None = 60.0
+    write: float | None = 60.0
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a sent message got: the final reply and the recipients the server refused.
+
+    ``refused`` maps each refused address to the reply that refused it; it is
+    empty when every recipient was accepted.
+    """
+
+    response: Response
+    refused: dict[str, Response] = field(default_factory=dict)
+
+
+class Connection:
+    """A connected socket and the protocol state on it; see the module docstring."""
+
+    def __init__(self, sock: socket.socket, where: str, timeouts: Timeouts, trace: Trace) -> None:
+        self._sock: socket.socket | None = sock
+        self.proto = ClientProtocol()
+        self.where = where
+        self.timeouts = timeouts
+        self.trace = trace
+        #: Why the connection is over, once it is.
+        self.dead: str | None = None
+        self.encrypted = False
+
+    @classmethod
+    def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeouts: Timeouts,
+        trace: Trace,
+        source_address: tuple[str, int] | None = None,
+    ) -> Connection:
+        """Connect over TCP (TCP_NODELAY set); SMTPConnectError or SMTPOpenTimeout."""
+        where = f"{host}:{port}"
+        if trace.on:
+            trace(f"-- connecting to {where}")
+        try:
+            sock = socket.create_connection(
+                (host, port), timeout=timeouts.open, source_address=source_address
+            )
+        except TimeoutError as exc:
+            raise SMTPOpenTimeout(f"connecting to {where} timed out") from exc
+        except OSError as exc:
+            raise SMTPConnectError(f"cannot connect to {where}: {exc}") from exc
+        # Every command is one write and waits for its reply: Nagle's algorithm
+        # would hold each one back for a delayed ACK (~40 ms on Linux).
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, where, timeouts, trace)
+
+    # ------------------------------------------------------------------ life and death
+
+    def live(self) -> ClientProtocol:
+        """The protocol, if the connection is alive; else SMTPServerDisconnected at once."""
+        if self.dead is not None or self._sock is None:
+            raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
+        return self.proto
+
+    def kill(self, reason: str) -> None:
+        """The connection is dead: remember why, close the socket, refuse everything after."""
+        if self.dead is None:
+            self.dead = reason
+            if self.trace.on:
+                self.trace(f"-- session dead: {reason}")
+        self.proto.connection_lost(reason)
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (idempotent); the reason, if any, stays."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.close()
+
+    @staticmethod
+    def deadline(timeout: float | None) -> float | None:
+        """The monotonic instant ``timeout`` seconds from now (None: no deadline)."""
+        return _deadline(timeout)
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The socket, while open (for inspection; never write to it directly)."""
+        return self._sock
+
+    def start_tls(self, context: ssl.SSLContext, hostname: str, deadline: float | None) -> None:
+        """The TLS handshake (implicit TLS, or after a 220 to STARTTLS), verified by ``context``."""
+        sock = self._sock
+        if sock is None:
+            raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
+        try:
+            sock.settimeout(_remaining(deadline))
+            tls = context.wrap_socket(sock, server_hostname=hostname)
+        except TimeoutError as exc:
+            self.kill("TLS handshake timed out")
+            raise SMTPOpenTimeout(f"the TLS handshake with {hostname} timed out") from exc
+        except ssl.SSLError as exc:
+            # Certificate verification failures land here too.
+            self.kill(f"TLS handshake failed: {exc}")
+            raise SMTPTLSError(f"TLS with {hostname} failed: {exc}") from exc
+        except OSError as exc:
+            self.kill(f"connection lost during the TLS handshake: {exc}")
+            raise SMTPServerDisconnected(
+                f"the connection was lost during the TLS handshake with {hostname}: {exc}"
+            ) from exc
+        self._sock = tls
+        self.encrypted = True
+        if self.trace.on:
+            self.trace(f"-- TLS established: {tls.version()} {tls.cipher()}")
+
+    # ------------------------------------------------------------------ bytes
+
+    def write(self, data: bytes | bytearray, traces: Iterable[str] = ()) -> None:
+        """One ``sendall`` under the write timeout; ``traces`` are what the trace shows."""
+        self.live()
+        sock = self._sock
+        assert sock is not None
+        if self.trace.on:
+            for text in traces:
+                self.trace(f"<- {text!r}")
+        timeout = self.timeouts.write
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(data)
+        except TimeoutError as exc:
+            self.kill("write timed out")
+            raise SMTPWriteTimeout(f"writing to {self.where} took longer than {timeout} s") from exc
+        except OSError as exc:
+            self.kill(f"write failed: {exc}")
+            raise SMTPServerDisconnected(
+                f"the connection to {self.where} was lost while writing: {exc}"
+            ) from exc
+        except BaseException:
+            # Interrupted half way: nobody knows what the server received.
+            self.kill("interrupted while writing")
+            raise
+
+    def read_reply(
+        self,
+        *,
+        deadline: float | None = None,
+        timeout_error: type[SMTPTimeoutError] = SMTPReadTimeout,
+    ) -> Response:
+        """The next reply, within ``deadline`` (default: the read timeout from now).
+
+        A 421 kills the connection and is raised (the server is closing the
+        channel, RFC 5321 section 3.8); any other reply is returned.
+        """
+        proto = self.live()
+        sock = self._sock
+        assert sock is not None
+        waited = False
+        while True:
+            try:
+                reply = proto.next_reply()
+            except SMTPError as exc:
+                self.kill(str(exc))
+                raise
+            if reply is not None:
+                break
+            if not waited:
+                waited = True
+                if deadline is None:
+                    # One deadline for the whole reply: a server dribbling a
+                    # byte at a time cannot stretch it.
+                    deadline = _deadline(self.timeouts.read)
+            remaining = _remaining(deadline)
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                data = sock.recv(_RECV_SIZE)
+            except TimeoutError as exc:
+                self.kill("timed out waiting for a reply")
+                raise timeout_error(f"no complete reply from {self.where} in time") from exc
+            except OSError as exc:
+                self.kill(f"read failed: {exc}")
+                raise SMTPServerDisconnected(
+                    f"the connection to {self.where} was lost: {exc}"
+                ) from exc
+            except BaseException:
+                self.kill("interrupted while reading")
+                raise
+            proto.receive_data(data)
+        if self.trace.on:
+            self.trace(f"-> {reply.string!r}")
+        if reply.code == 421:
+            self.kill(f"the server is closing: {reply}")
+            raise error_for_reply(reply)
+        return reply
+
+    # ------------------------------------------------------------------ commands
+
+    def send(self, command: Command) -> bytes:
+        """The checked bytes of ``command``, now awaited by the protocol (nothing written)."""
+        proto = self.live()
+        try:
+            return proto.send(command)
+        except SMTPError as exc:
+            if proto.state is State.CLOSED:
+                self.kill(str(exc))
+            raise
+
+    def exchange(self, command: Command) -> Response:
+        """Send one command in one write and return its reply, whatever it is."""
+        data = self.send(command)
+        self.write(data, (command.trace(data),))
+        return self.read_reply()
+
+    def pipeline(self, commands: Sequence[Command]) -> list[Response]:
+        """Send ``commands`` in one write (PIPELINING) and return their replies in order."""
+        wire = bytearray()
+        traces = []
+        for command in commands:
+            data = self.send(command)
+            wire += data
+            traces.append(command.trace(data))
+        self.write(wire, traces)
+        return [self.read_reply() for _ in commands]
+
+    # ------------------------------------------------------------------ message bodies
+
+    def body_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Wire bytes for a piece of the message (normalised, dot-stuffed)."""
+        return self.live().send_body(data)
+
+    def send_body(self, source: MessageSource) -> Response:
+        """Stream the whole message after a 354, end it, and return the 2xx reply."""
+        buffer = bytearray()
+        try:
+            for chunk in source.chunks():
+                buffer += self.body_bytes(chunk)
+                if len(buffer) >= WRITE_SIZE:
+                    self.write(buffer)
+                    buffer.clear()
+        except SMTPError:
+            raise
+        except BaseException:
+            # The caller's file or iterable failed half way: ending the message
+            # now would deliver it truncated, so the connection is dropped.
+            self.kill("the message source failed while being sent")
+            raise
+        return self.end_body(buffer)
+
+    def end_body(self, buffer: bytearray) -> Response:
+        """Write what is buffered and the end of the message; the reply, raised unless 2xx."""
+        proto = self.live()
+        buffer += proto.end_body()
+        if self.trace.on:
+            self.trace(f"<- [message data: {proto.body_octets} octets]")
+        self.write(buffer, (".\r\n",))
+        reply = self.read_reply()
+        if not reply.success:
+            raise error_for_reply(reply)
+        return reply
+
+
+class MessageWriter:
+    """The message body being written after DATA: streamed, normalised and dot-stuffed.
+
+    ``write`` takes str (encoded UTF-8) or bytes; line ends may be CRLF, LF
+    or CR, and may be split across writes. ``close()`` ends the message and
+    returns the server's reply; leaving a ``with`` block does the same, unless
+    the block raised, in which case the connection is dropped so that no
+    truncated message is delivered.
+    """
+
+    def __init__(self, connection: Connection, refused: dict[str, Response]) -> None:
+        self._connection = connection
+        self._buffer = bytearray()
+        self._closed = False
+        #: Recipients the server refused (address -> reply); known before the first write.
+        self.refused = refused
+        #: The reply to the end of the message, once closed.
+        self.response: Response | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def result(self) -> SendResult | None:
+        """The final reply and the refused recipients, once the message is closed."""
+        return None if self.response is None else SendResult(self.response, self.refused)
+
+    def write(self, data: str | bytes | bytearray | memoryview) -> int:
+        """Add ``data`` to the message; returns how many characters or octets were taken."""
+        if self._closed:
+            raise ValueError("write to a closed message")
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        self._buffer += self._connection.body_bytes(raw)
+        if len(self._buffer) >= WRITE_SIZE:
+            self._connection.write(self._buffer)
+            self._buffer.clear()
+        return len(data)
+
+    def writelines(self, lines: Iterable[str | bytes | bytearray | memoryview]) -> None:
+        """Write each item in turn (like ``IO.writelines``: no line ends are added)."""
+        for line in lines:
+            self.write(line)
+
+    def print(self, *args: object, sep: str = " ", end: str = "\n") -> None:
+        """Like ``print(*args, file=...)``: the arguments as text, then a line end."""
+        self.write(sep.join(str(arg) for arg in args) + end)
+
+    def close(self) -> Response:
+        """End the message and return the reply; raises the reply's error when it is not 2xx."""
+        if self._closed:
+            if self.response is None:
+                raise ValueError("the message was abandoned and not sent")
+            return self.response
+        self._closed = True
+        buffer, self._buffer = self._buffer, bytearray()
+        self.response = self._connection.end_body(buffer)
+        return self.response
+
+    def abort(self) -> None:
+        """Drop the connection without ending the message: nothing of it is delivered."""
+        if not self._closed:
+            self._closed = True
+            self._buffer.clear()
+            self._connection.kill("the message was abandoned while being written")
+
+    def __enter__(self) -> MessageWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
