@@ -205,6 +205,13 @@ def _take(
 
     if stat.S_ISLNK(st.st_mode):
         raise _Refuse("a symbolic link")
+    if stat.S_ISDIR(st.st_mode):
+        # _remove cannot unlink it; an empty one goes, a full one stays inert.
+        try:
+            os.rmdir(path)
+        except OSError:
+            raise _Leave("a directory that is not empty") from None
+        raise _Refuse("a directory")
     if not stat.S_ISREG(st.st_mode):
         raise _Refuse("not a regular file")
     try:

@@ -494,8 +494,9 @@ class Queue:
             who = pwd.getpwuid(uid).pw_name
         except (OSError, KeyError):
             who = "its owner"
+        how = "as root" if who == "root" else f"as root or as {who}"
         return PermissionDeniedError(
-            f"{self.root}: the mail queue is readable only by {who}; run this as root or as {who}"
+            f"{self.root}: the mail queue is readable only by {who}; run this {how}"
         )
 
     def locate(self, queue_id: str) -> "str | None":
