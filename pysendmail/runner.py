@@ -201,10 +201,12 @@ class _Feed:
     added is always taken by someone before the run ends.
     """
 
-    def __init__(self, items: Iterable[str]) -> None:
+    def __init__(self, items: Iterable[str], *, forced: bool = False) -> None:
         self._items = collections.deque(items)
         self._lock = threading.Lock()
         self.stopped = False
+        #: The ids were named (``queue flush ID``): deliver them whatever their time.
+        self.forced = forced
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -230,6 +232,13 @@ def backoff(attempts: int, retry_min: float, retry_max: float) -> float:
         return min(retry_min, retry_max)
     # Bounded exponent: 2**64 seconds is far past any retry_max.
     return float(min(retry_max, retry_min * 2 ** min(attempts - 1, 64)))
+
+
+def _unfinished_business(state: State) -> bool:
+    """Work left that is not a delivery: removing a finished message, queueing a bounce."""
+    return state.finished or any(
+        rs.status == BOUNCED and not rs.notified for rs in state.recipients
+    )
 
 
 def _looks_expired(rs: RecipientState, deadline: float) -> bool:
@@ -329,7 +338,7 @@ class Runner:
         if not todo:
             return summary
         workers = self.workers_for(len(todo))
-        feed = _Feed(todo)
+        feed = _Feed(todo, forced=ids is not None)
         if workers == 1:
             self._work(feed, summary)
             return summary
@@ -359,6 +368,8 @@ class Runner:
 
         A message whose state cannot be read counts as due: claiming it moves it
         to ``failed/`` and says why, which is better than leaving it silently.
+        So does one that a crash left half done (every recipient final but the
+        message not removed, or a bounce not yet queued).
         """
         result = []
         for queue_id in self.queue.ids():
@@ -367,7 +378,7 @@ class Runner:
             except (OSError, errors.DataError):
                 result.append(queue_id)
                 continue
-            if state is None or state.due(now):
+            if state is None or state.due(now) or _unfinished_business(state):
                 result.append(queue_id)
         return result
 
@@ -459,6 +470,12 @@ class Runner:
         for rcpt in envelope.recipients:
             if state.get(rcpt.address) is None:
                 state.recipients.append(RecipientState(rcpt.address))
+        if not feed.forced and not state.due(self.clock()) and not _unfinished_business(state):
+            # Another runner tried it since this run listed the queue: its turn
+            # is not due again yet.
+            summary.tried -= 1
+            summary.busy += 1
+            return
         pending = [rs.address for rs in state.pending]
         relay_name: str | None = None
         expired: set[str] = set()

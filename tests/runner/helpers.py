@@ -55,7 +55,9 @@ def write_config(
         'domain = "example.com"\n'
         f'queue_dir = "{directory / "spool"}"\n'
         "[[relay]]\n" + table(relay_values) + "\n"
-        "[queue]\n" + table(queue_values) + "\n" + extra
+        "[queue]\n" + table(queue_values) + "\n"
+        "[log]\n"
+        'target = "stderr"\n' + extra
     )
     return path
 
