@@ -70,25 +70,36 @@ class _SignalGuard:
     """While the message is written, SIGTERM, SIGINT and SIGHUP abort it cleanly.
 
     The handler raises ``_Interrupted`` so the ``with`` blocks unwind and the
-    temporary file is removed. Once the commit has begun, a signal is noted
-    and the commit finishes: a message on its way to disk is worth keeping,
-    and the exit status then tells the truth (0, queued). A signal that the
-    caller ignores (``nohup``) stays ignored; the handlers in force before are
-    restored on the way out.
+    temporary file is removed. Where raising could skip that clean-up (while
+    ``begin`` creates the file and until its ``with`` block owns it, and while
+    an abort is removing it) the signal is only noted and raised a moment
+    later. Once the commit has begun, a signal is noted and the commit
+    finishes: a message on its way to disk is worth keeping, and the exit
+    status then tells the truth (0, queued). A signal that the caller ignores
+    (``nohup``) stays ignored; the handlers in force before are restored on the
+    way out.
     """
 
     def __init__(self) -> None:
         self.pending: Pending | None = None
         self.previous: dict[int, Any] = {}
         self.deferred: int | None = None
+        self.hold = False
 
     def _handler(self, signum: int, frame: "FrameType | None") -> None:
         if self.deferred is not None:
-            return  # already stopping (or committing): let the cleanup run
+            return  # already stopping: let the clean-up run
         self.deferred = signum
-        if self.pending is not None and self.pending.committing:
+        p = self.pending
+        if self.hold or (p is not None and (p.committing or p.aborting)):
             return
         raise _Interrupted(signum)
+
+    def release(self) -> None:
+        """End a stretch where signals were only noted; raise for one that came meanwhile."""
+        self.hold = False
+        if self.deferred is not None:
+            raise _Interrupted(self.deferred)
 
     def __enter__(self) -> "_SignalGuard":
         for signum in _SIGNAL_NAMES:
@@ -119,13 +130,17 @@ def submit(inv: "Invocation", io: "Streams", settings: "Settings", options: "Int
         options.queue_id = intake.make_queue_id()
     guard = _SignalGuard()
     try:
-        with guard, queue.begin(options.queue_id) as pending:
-            guard.pending = pending
-            try:
-                intake.receive(io.stdin, pending.file, options)
-            except errors.IOFailure as exc:
-                raise _write_failure(exc, queue) from None
-            pending.commit()
+        with guard:
+            guard.hold = True
+            pending = queue.begin(options.queue_id)
+            with pending:
+                guard.pending = pending
+                guard.release()
+                try:
+                    intake.receive(io.stdin, pending.file, options)
+                except errors.IOFailure as exc:
+                    raise _write_failure(exc, queue) from None
+                pending.commit()
     except _Interrupted as exc:
         name = _SIGNAL_NAMES.get(exc.signum, f"signal {exc.signum}")
         raise errors.TemporaryFailure(

@@ -112,11 +112,12 @@ class Pending:
 
     Use it as a context manager: leaving the block without ``commit()`` (an
     exception, a signal that raises) removes the temporary file. ``committing``
-    turns true when ``commit()`` starts, so a signal handler can tell that it
-    should let the commit finish rather than abort it.
+    turns true when ``commit()`` starts and ``aborting`` when ``abort()`` does,
+    so a signal handler can tell that it must let them finish.
     """
 
     __slots__ = (
+        "aborting",
         "committed",
         "committing",
         "file",
@@ -137,6 +138,7 @@ class Pending:
         self.maildrop = maildrop
         self.committed = False
         self.committing = False
+        self.aborting = False
         try:
             self.file: BinaryIO = os.fdopen(fd, "w+b", buffering=_WRITE_BUFFER)
         except BaseException:
@@ -154,6 +156,7 @@ class Pending:
         """Close and remove the temporary file; the message was not queued."""
         if self.committed:
             return
+        self.aborting = True
         _close_quietly(self.file)  # a failed flush of what we throw away anyway
         _unlink_quietly(self.path)
 
@@ -363,10 +366,11 @@ class Queue:
     def begin(self, queue_id: str) -> Pending:
         """Start writing message ``queue_id``: in ``tmp/`` for the owner, else in ``maildrop/``.
 
-        A queue root that does not exist yet is created (``ensure``) when its
-        parent belongs to this user, as a personal queue does; a system queue is
-        made by ``pysendmail queue init``. Raises ``CantCreateError`` (73) with
-        what to do when no file can be created.
+        A queue that does not exist yet is laid out (``ensure``) when its
+        folder, or the parent of a missing folder, belongs to this user, as a
+        personal queue does; a system queue is made by ``pysendmail queue init``.
+        Raises ``CantCreateError`` (73) with what to do when no file can be
+        created.
         """
         check_id(queue_id)
         euid = os.geteuid()
@@ -412,17 +416,25 @@ class Queue:
             raise
 
     def _create_personal(self, euid: int) -> int:
-        parent = os.path.dirname(self.root)
+        # The folder itself when it exists (a directory the user made), else
+        # its parent, must be this user's: then the queue is theirs to lay out.
+        # ``lstat``: a symbolic link to someone else's folder is not theirs.
         try:
-            parent_owner = os.stat(parent).st_uid
+            owner = os.lstat(self.root)
+            mine = stat.S_ISDIR(owner.st_mode) and owner.st_uid == euid
+        except FileNotFoundError:
+            try:
+                mine = os.stat(os.path.dirname(self.root)).st_uid == euid
+            except OSError:
+                mine = False
         except OSError:
-            parent_owner = -1
-        if os.path.lexists(self.root) or parent_owner != euid:
+            mine = False
+        if not mine:
             raise CantCreateError(
                 f"{self.root}: the queue does not exist; run `pysendmail queue init` as root"
             )
         self.ensure()
-        return euid
+        return os.stat(self.dir("queue")).st_uid
 
     def poke(self) -> bool:
         """Wake a runner that watches the trigger FIFO; False when none listens. Never blocks."""
