@@ -23,6 +23,9 @@ what crashed writers left, and ``q.watch().wait(timeout)`` to sleep until
 poked. The admin tools use ``hold``, ``release``, ``requeue``, ``flush`` and
 ``delete``.
 
+Queue ids come from ``pysendmail.message.intake.make_queue_id`` (time-sortable,
+``[0-9A-Z]``); any 1 to 64 of ``[A-Za-z0-9_-]`` is accepted.
+
 The modules: ``spool`` (layout, commit, claim, state files, admin moves),
 ``state`` (the per-recipient delivery state), ``pickup`` (the maildrop check),
 ``setup`` (``pysendmail queue init``).
@@ -39,9 +42,6 @@ checking type, links, size, completeness and submitter; queue files are 0600
 in folders of 0700.
 """
 
-import os
-import time
-
 from pysendmail.queue.spool import Claim, NoSuchMessage, Pending, Queue, Trigger, check_id
 
 __all__ = [
@@ -51,17 +51,4 @@ __all__ = [
     "Queue",
     "Trigger",
     "check_id",
-    "make_queue_id",
 ]
-
-
-def make_queue_id() -> str:
-    """A new queue id: 13 hex digits of the time in microseconds, then 20 random bits.
-
-    Ids sort by arrival (until the year 2112), name files safely (only
-    ``0-9A-F``) and do not collide between processes in practice; the commit
-    refuses to replace a queued message even if one did.
-    """
-    stamp = time.time_ns() // 1000
-    rand = int.from_bytes(os.urandom(3), "big") >> 4
-    return f"{stamp:013X}{rand:05X}"

@@ -274,7 +274,7 @@ def _taken(queue: Queue, queue_id: str) -> bool:
 
 
 def _fresh_id(queue: Queue) -> str:
-    from pysendmail.queue import make_queue_id
+    from pysendmail.message.intake import make_queue_id
 
     while True:
         queue_id = make_queue_id()

@@ -529,10 +529,7 @@ class Queue:
         """Open a message file read-only, refusing links, FIFOs and devices."""
         check_id(queue_id)
         path = self.path(folder, queue_id)
-        try:
-            fd = os.open(path, _READ)
-        except PermissionError:
-            raise self.denied() from None
+        fd = self._open(path)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -541,6 +538,17 @@ class Queue:
             return os.fdopen(fd, "rb")
         except BaseException:
             os.close(fd)
+            raise
+
+    def _open(self, path: str) -> int:
+        """Open for reading without following a link or blocking on a FIFO."""
+        try:
+            return os.open(path, _READ)
+        except PermissionError:
+            raise self.denied() from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{path}: a symbolic link, not a message") from None
             raise
 
     def read_envelope(self, folder: str, queue_id: str) -> "tuple[Envelope, int]":
@@ -657,11 +665,9 @@ class Queue:
         import fcntl
 
         try:
-            fd = os.open(path, _READ)
+            fd = self._open(path)
         except FileNotFoundError:
             return None
-        except PermissionError:
-            raise self.denied() from None
         f = None
         try:
             st = os.fstat(fd)

@@ -86,6 +86,13 @@ def spool_bytes(
     return env.to_bytes() + data
 
 
+def drop_spool(q: Queue, name: str) -> str:
+    """Put a valid spool file of this user's into the maildrop, as ``sendmail`` would; its path."""
+    path = q.path("maildrop", name)
+    pathlib.Path(path).write_bytes(spool_bytes(message(name), queue_id=name, uid=os.geteuid()))
+    return path
+
+
 def queue_files(q: Queue, folder: str = "queue") -> list[str]:
     return sorted(os.listdir(q.dir(folder)))
 

@@ -27,6 +27,7 @@ from pysendmail.queue.pickup import PickupResult
 from tests.queue.helpers import (
     NOBODY_UID,
     Nobody,
+    drop_spool,
     message,
     new_queue,
     queue_files,
@@ -319,9 +320,7 @@ def test_a_submitter_killed_mid_write_leaves_only_a_dot_file_that_goes_once_stal
 
 
 def _drop_as_root(q: Queue, name: str) -> bytes:
-    data = spool_bytes(message(name), queue_id=name, uid=os.geteuid())
-    pathlib.Path(q.path("maildrop", name)).write_bytes(data)
-    return data
+    return pathlib.Path(drop_spool(q, name)).read_bytes()
 
 
 def test_pickup_interrupted_before_removing_the_original_queues_it_once(
