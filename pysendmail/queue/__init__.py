@@ -51,4 +51,12 @@ __all__ = [
     "Queue",
     "Trigger",
     "check_id",
+    "make_queue_id",
 ]
+
+
+def make_queue_id() -> str:
+    """A new queue id (the intake's generator: 16 characters of ``[0-9A-Z]``, sortable by time)."""
+    from pysendmail.message.intake import make_queue_id as make
+
+    return make()
