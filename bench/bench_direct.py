@@ -166,7 +166,7 @@ def run(tools: Tools, *, rounds: int = 30, sendmail: Path | None = None) -> Sect
     if why_not is None:
         ratio = timings[1].wall.median / base
         section.verdict(
-            f"sendmail/msmtp ≤ {TARGET_RATIO} (issue 3): {ratio:.2f}", ratio <= TARGET_RATIO
+            f"sendmail/msmtp ≤ {TARGET_RATIO} (issue 3): {ratio:.3f}", ratio <= TARGET_RATIO
         )
     else:
         section.verdict(f"sendmail/msmtp ≤ {TARGET_RATIO} (issue 3)", None)

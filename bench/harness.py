@@ -457,7 +457,8 @@ class Section:
         for text, met in self.verdicts:
             mark = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[met]
             out.append(f"- target: {text} — **{mark}**")
-        out += [f"- {note}" for note in self.notes]
+        # A note indented by two spaces is a sub-item of the note before it.
+        out += [note if note.startswith("  ") else f"- {note}" for note in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
 

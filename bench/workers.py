@@ -2,9 +2,9 @@
 
 One process per measured run keeps every client's peak memory its own (the parent
 reads it with ``wait4``) and keeps one client's warm-up from helping the next. Each
-job prints one JSON object on stdout: its timings (taken around the work itself, so
-interpreter start-up and imports are left out), its RSS after the imports, and its
-peak RSS (VmHWM).
+job prints one JSON object on stdout: its timings (wall and CPU, taken around the
+work itself, so interpreter start-up and imports are left out), its RSS after the
+imports, and its peak RSS (VmHWM).
 
     python bench/workers.py many pysendmail|smtplib PORT COUNT [--profile FILE]
     python bench/workers.py big  pysendmail|smtplib PORT FILE  [--profile FILE]
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +54,18 @@ def small_message(size: int = 1024) -> bytes:
         body += line
     pad = size - len(head) - len(body) - 2
     return head + body + b"-" * pad + b"\r\n" if pad > 0 else head + body
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time (user, system) this process has used so far.
+
+    Unlike wall time it does not count waiting for the server or for a core, so it
+    shows the client's own cost per message even on a busy machine: user time is the
+    Python work, system time the kernel's (on loopback, sending a segment also runs
+    the receiving side of TCP in the sender's system time).
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def vm_status(field: str) -> int:
@@ -145,14 +158,18 @@ def job_many(client: Client, count: int, profile: str | None) -> dict[str, float
         for _ in range(count):
             client.send_bytes(message)
 
+    c1 = cpu_seconds()
     profiled(profile, loop)
     t2 = time.perf_counter()
+    c2 = cpu_seconds()
     client.finish()
     t3 = time.perf_counter()
     return {
         "messages": count,
         "message_bytes": len(message),
         "loop_s": t2 - t1,
+        "loop_user_s": c2[0] - c1[0],
+        "loop_sys_s": c2[1] - c1[1],
         "session_s": t3 - t0,
         "msg_per_s": count / (t2 - t1),
     }
