@@ -69,6 +69,7 @@ FILE_MODE = 0o600
 MAILDROP_FILE_MODE = 0o640  # group (the maildrop's) may read: that is the runner
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 _READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
@@ -114,12 +115,18 @@ class Pending:
     exception, a signal that raises) removes the temporary file. ``committing``
     turns true when ``commit()`` starts and ``aborting`` when ``abort()`` does,
     so a signal handler can tell that it must let them finish.
+
+    In the maildrop, the file is created and renamed relative to a descriptor
+    of the maildrop folder opened with ``O_NOFOLLOW``: root's ``sendmail``
+    writes there too, and must not be led elsewhere by a queue owner who
+    swapped the folder for a symbolic link.
     """
 
     __slots__ = (
         "aborting",
         "committed",
         "committing",
+        "dir_fd",
         "file",
         "final",
         "maildrop",
@@ -129,13 +136,20 @@ class Pending:
     )
 
     def __init__(
-        self, queue: "Queue", queue_id: str, path: str, final: str, fd: int, maildrop: bool
+        self,
+        queue: "Queue",
+        queue_id: str,
+        path: str,
+        final: str,
+        fd: int,
+        dir_fd: "int | None" = None,
     ) -> None:
+        self.dir_fd = dir_fd
         self.queue = queue
         self.queue_id = queue_id
         self.path = path
         self.final = final
-        self.maildrop = maildrop
+        self.maildrop = dir_fd is not None
         self.committed = False
         self.committing = False
         self.aborting = False
@@ -158,7 +172,16 @@ class Pending:
             return
         self.aborting = True
         _close_quietly(self.file)  # a failed flush of what we throw away anyway
-        _unlink_quietly(self.path)
+        self._unlink(self.path)
+        self._close_dir()
+
+    def _unlink(self, path: str) -> None:
+        _unlink_quietly(path, self.dir_fd)
+
+    def _close_dir(self) -> None:
+        if self.dir_fd is not None:
+            fd, self.dir_fd = self.dir_fd, None
+            os.close(fd)
 
     def commit(self) -> str:
         """Make the message durable and visible to a runner; return the path it now has.
@@ -176,17 +199,22 @@ class Pending:
             fd = f.fileno()
             self._check_complete(fd)
             os.fsync(fd)
-            if self.maildrop:
-                os.rename(self.path, self.final)
+            if self.dir_fd is not None:
+                os.rename(
+                    os.path.basename(self.path),
+                    os.path.basename(self.final),
+                    src_dir_fd=self.dir_fd,
+                    dst_dir_fd=self.dir_fd,
+                )
                 linked = True
-                self._sync_maildrop(fd)
+                self._sync_maildrop(fd, self.dir_fd)
             else:
                 linked = _link_or_rename(self.path, self.final)
                 fsync_dir(where)
             f.close()
         except OSError as exc:
             if linked:
-                _unlink_quietly(self.final)
+                self._unlink(self.final)
             self.abort()
             if exc.errno in _NO_SPACE:
                 raise TemporaryFailure(
@@ -201,10 +229,11 @@ class Pending:
             ) from None
         except BaseException:
             if linked:
-                _unlink_quietly(self.final)
+                self._unlink(self.final)
             self.abort()
             raise
         self.committed = True
+        self._close_dir()
         self.queue.poke()
         return self.final
 
@@ -229,16 +258,21 @@ class Pending:
                 f" {actual} octets where the envelope says {expected}); nothing was queued"
             )
 
-    def _sync_maildrop(self, fd: int) -> None:
+    def _sync_maildrop(self, fd: int, dir_fd: int) -> None:
         # A user who is not the queue owner cannot open the maildrop (mode 3733
         # has no read bit for them) and so cannot fsync it. The rename changed
         # the file's ctime, so a second fsync of the file must commit a journal
         # transaction, and on ext4 and XFS that transaction also holds the
-        # directory change made before it. The owner fsyncs the directory.
+        # directory change made before it. Root and the owner fsync the folder.
         try:
-            fsync_dir(os.path.dirname(self.final))
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC, dir_fd=dir_fd)
         except PermissionError:
             os.fsync(fd)
+            return
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _link_or_rename(src: str, dst: str) -> bool:
@@ -257,10 +291,13 @@ def _link_or_rename(src: str, dst: str) -> bool:
     return True
 
 
-def _unlink_quietly(path: str) -> bool:
-    """Remove ``path`` if it is there; False when it was not (or could not be removed)."""
+def _unlink_quietly(path: str, dir_fd: "int | None" = None) -> bool:
+    """Remove ``path`` (its base name in ``dir_fd`` when given); False if it could not be."""
     try:
-        os.unlink(path)
+        if dir_fd is None:
+            os.unlink(path)
+        else:
+            os.unlink(os.path.basename(path), dir_fd=dir_fd)
     except OSError:
         return False
     return True
@@ -382,22 +419,27 @@ class Queue:
             raise CantCreateError(
                 f"{self.dir('queue')}: {_strerror(exc)}; run `pysendmail queue init` as root"
             ) from None
+        dir_fd = None
         if owner == euid:
             path = self.path("tmp", queue_id)
             final = self.path("queue", queue_id)
-            maildrop = False
             mode = FILE_MODE
         else:
             path = self.path("maildrop", "." + queue_id)
             final = self.path("maildrop", queue_id)
-            maildrop = True
             mode = MAILDROP_FILE_MODE
+            dir_fd = self._maildrop_fd()
         try:
-            fd = os.open(path, _CREATE, mode)
-        except FileExistsError:
-            raise CantCreateError(f"{path}: queue id {queue_id} is already in use") from None
+            if dir_fd is None:
+                fd = os.open(path, _CREATE, mode)
+            else:
+                fd = os.open(os.path.basename(path), _CREATE, mode, dir_fd=dir_fd)
         except OSError as exc:
+            if dir_fd is not None:
+                os.close(dir_fd)
             where = os.path.dirname(path)
+            if isinstance(exc, FileExistsError):
+                raise CantCreateError(f"{path}: queue id {queue_id} is already in use") from None
             hint = (
                 "run `pysendmail queue init` as root"
                 if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS)
@@ -407,13 +449,26 @@ class Queue:
                 f"cannot create a file in {where}: {_strerror(exc)}; {hint}"
             ) from None
         try:
-            if maildrop:
+            if dir_fd is not None:
                 # The umask may have taken the group's read bit; the runner needs it.
                 os.fchmod(fd, mode)
-            return Pending(self, queue_id, path, final, fd, maildrop)
+            return Pending(self, queue_id, path, final, fd, dir_fd)
         except BaseException:
-            _unlink_quietly(path)
+            _unlink_quietly(path, dir_fd)
+            if dir_fd is not None:
+                os.close(dir_fd)
             raise
+
+    def _maildrop_fd(self) -> int:
+        """The maildrop folder, opened without following a link (``O_PATH``: no read bit needed)."""
+        path = self.dir("maildrop")
+        try:
+            return os.open(path, _O_PATH | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
+        except OSError as exc:
+            what = "not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else _strerror(exc)
+            raise CantCreateError(
+                f"cannot create a file in {path}: {what}; run `pysendmail queue init` as root"
+            ) from None
 
     def _create_personal(self, euid: int) -> int:
         # The folder itself when it exists (a directory the user made), else

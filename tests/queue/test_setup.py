@@ -165,3 +165,17 @@ def test_submitting_in_queue_mode_imports_nothing_heavy(tmp_path: pathlib.Path) 
     loaded = set(done.stdout.split())
     assert sorted(loaded & set(HOT)) == []
     assert len(queue_files(Queue(str(tmp_path)))) == 1
+
+
+def test_root_never_follows_a_maildrop_swapped_for_a_link(tmp_path: pathlib.Path) -> None:
+    # The queue owner (here nobody) may not lead root's sendmail into, say,
+    # /etc/cron.d by replacing the maildrop with a symbolic link.
+    q = Queue(str(tmp_path / "spool"))
+    q.ensure("nobody")
+    target = tmp_path / "cron.d"
+    target.mkdir()
+    os.rename(q.dir("maildrop"), tmp_path / "old-maildrop")
+    os.symlink(target, q.dir("maildrop"))
+    with pytest.raises(errors.CantCreateError, match="maildrop: not a folder"):
+        enqueue(q)
+    assert list(target.iterdir()) == []
