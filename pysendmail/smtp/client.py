@@ -172,11 +172,22 @@ def _create_and_start(
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_address(address: str) -> Address:
+    # A queue runner sends from the same few senders to the same recipients
+    # over and over; an Address made here is never changed, so it is shared.
+    return coerce(address)
+
+
+def _address(item: str | Address) -> Address:
+    return _parse_address(item) if type(item) is str else coerce(item)
+
+
 def _flatten(items: Iterable[object]) -> list[Address]:
     out: list[Address] = []
     for item in items:
         if isinstance(item, str | Address):
-            out.append(coerce(item))
+            out.append(_address(item))
         elif isinstance(item, bytes | bytearray) or not isinstance(item, Iterable):
             raise TypeError(f"a recipient must be str or Address, not {type(item).__name__}")
         else:
@@ -598,11 +609,11 @@ class SMTP:
         recipients = _recipients(to_addrs)
         conn = self._live()
         commands = [Rcpt(r) for r in recipients]
-        for command in commands:
-            conn.proto.encode(command)
         if conn.proto.pipelining:
             replies = conn.pipeline(commands)
         else:
+            for command in commands:
+                conn.proto.encode(command)
             replies = [conn.exchange(c) for c in commands]
         refused = {
             r.address: rep for r, rep in zip(recipients, replies, strict=True) if not rep.success
@@ -665,7 +676,7 @@ class SMTP:
         if eightbit is None:
             eightbit = bool(source.eightbit)
         refused = self._transaction(
-            conn, coerce(from_addr), _recipients(to_addrs), source.size, eightbit
+            conn, _address(from_addr), _recipients(to_addrs), source.size, eightbit
         )
         return SendResult(conn.send_body(source), refused)
 
@@ -687,7 +698,7 @@ class SMTP:
         """
         conn = self._live()
         refused = self._transaction(
-            conn, coerce(from_addr), _recipients(to_addrs), None, bool(eightbit)
+            conn, _address(from_addr), _recipients(to_addrs), None, bool(eightbit)
         )
         writer = MessageWriter(conn, refused)
         try:
@@ -716,14 +727,15 @@ class SMTP:
         smtputf8 = any(r.needs_smtputf8() for r in recipients)
         mail = Mail(sender, size, eightbit, smtputf8)
         rcpts = [Rcpt(r) for r in recipients]
-        # Every command is checked before the first byte is sent.
-        for command in (mail, *rcpts):
-            proto.encode(command)
         data_reply: Response | None = None
         if proto.pipelining:
+            # All checked before any is queued, and sent in one write.
             replies = conn.pipeline([mail, *rcpts, Data()])
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
+            # Every command is checked before the first one is sent.
+            for command in (mail, *rcpts):
+                proto.encode(command)
             mail_reply = conn.exchange(mail)
             if not mail_reply.success:
                 raise error_for_reply(mail_reply)

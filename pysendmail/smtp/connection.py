@@ -184,7 +184,7 @@ class Connection:
         return _deadline(timeout)
 
     @property
-    def socket(self) -> socket.socket | None:
+    def sock(self) -> socket.socket | None:
         """The socket, while open (for inspection; never write to it directly)."""
         return self._sock
 
@@ -217,9 +217,9 @@ class Connection:
 
     def write(self, data: bytes | bytearray, traces: Iterable[str] = ()) -> None:
         """One ``sendall`` under the write timeout; ``traces`` are what the trace shows."""
-        self.live()
         sock = self._sock
-        assert sock is not None
+        if sock is None or self.dead is not None:
+            raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
         if self.trace.on:
             for text in traces:
                 self.trace(f"<- {text!r}")
@@ -251,24 +251,37 @@ class Connection:
         A 421 kills the connection and is raised (the server is closing the
         channel, RFC 5321 section 3.8); any other reply is returned.
         """
-        proto = self.live()
         sock = self._sock
-        assert sock is not None
-        waited = False
+        if sock is None or self.dead is not None:
+            raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
+        proto = self.proto
+        try:
+            reply = proto.next_reply()
+        except SMTPError as exc:
+            self.kill(str(exc))
+            raise
+        if reply is None:
+            # Nothing buffered answers yet: wait for the network.
+            reply = self._receive(sock, proto, deadline, timeout_error)
+        if self.trace.on:
+            self.trace(f"-> {reply.string!r}")
+        if reply.code == 421:
+            self.kill(f"the server is closing: {reply}")
+            raise error_for_reply(reply)
+        return reply
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        proto: ClientProtocol,
+        deadline: float | None,
+        timeout_error: type[SMTPTimeoutError],
+    ) -> Response:
+        if deadline is None:
+            # One deadline for the whole reply: a server dribbling a byte at a
+            # time cannot stretch it.
+            deadline = _deadline(self.timeouts.read)
         while True:
-            try:
-                reply = proto.next_reply()
-            except SMTPError as exc:
-                self.kill(str(exc))
-                raise
-            if reply is not None:
-                break
-            if not waited:
-                waited = True
-                if deadline is None:
-                    # One deadline for the whole reply: a server dribbling a
-                    # byte at a time cannot stretch it.
-                    deadline = _deadline(self.timeouts.read)
             remaining = _remaining(deadline)
             try:
                 if remaining is not None and remaining <= 0:
@@ -287,20 +300,21 @@ class Connection:
                 self.kill("interrupted while reading")
                 raise
             proto.receive_data(data)
-        if self.trace.on:
-            self.trace(f"-> {reply.string!r}")
-        if reply.code == 421:
-            self.kill(f"the server is closing: {reply}")
-            raise error_for_reply(reply)
-        return reply
+            try:
+                reply = proto.next_reply()
+            except SMTPError as exc:
+                self.kill(str(exc))
+                raise
+            if reply is not None:
+                return reply
 
     # ------------------------------------------------------------------ commands
 
-    def send(self, command: Command) -> bytes:
-        """The checked bytes of ``command``, now awaited by the protocol (nothing written)."""
+    def send(self, *commands: Command) -> bytes:
+        """The checked bytes of ``commands``, now awaited by the protocol (nothing written)."""
         proto = self.live()
         try:
-            return proto.send(command)
+            return proto.send_many(commands)
         except SMTPError as exc:
             if proto.state is State.CLOSED:
                 self.kill(str(exc))
@@ -314,12 +328,13 @@ class Connection:
 
     def pipeline(self, commands: Sequence[Command]) -> list[Response]:
         """Send ``commands`` in one write (PIPELINING) and return their replies in order."""
-        wire = bytearray()
-        traces = []
-        for command in commands:
-            data = self.send(command)
-            wire += data
-            traces.append(command.trace(data))
+        wire = self.send(*commands)
+        if self.trace.on:
+            # Each command's own line, for the trace (AUTH never comes here).
+            lines = wire.split(b"\r\n")
+            traces = [c.trace(line + b"\r\n") for c, line in zip(commands, lines, strict=False)]
+        else:
+            traces = []
         self.write(wire, traces)
         return [self.read_reply() for _ in commands]
 
@@ -327,7 +342,8 @@ class Connection:
 
     def body_bytes(self, data: bytes | bytearray | memoryview) -> bytes:
         """Wire bytes for a piece of the message (normalised, dot-stuffed)."""
-        return self.live().send_body(data)
+        # The protocol refuses once the connection is dead (connection_lost).
+        return self.proto.send_body(data)
 
     def send_body(self, source: MessageSource) -> Response:
         """Stream the whole message after a 354, end it, and return the 2xx reply."""

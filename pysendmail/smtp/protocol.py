@@ -39,8 +39,9 @@ from __future__ import annotations
 import base64
 import enum
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pysendmail.errors import (
     SMTPMessageTooLarge,
@@ -96,7 +97,11 @@ class State(enum.Enum):
 
 
 class Command:
-    """A command the client can send. ``ClientProtocol.send`` turns it into bytes."""
+    """A command the client can send. ``ClientProtocol.send`` turns it into bytes.
+
+    Commands are not frozen (a frozen dataclass costs a microsecond more to
+    build, on the path of every message) but are never changed once made.
+    """
 
     __slots__ = ()
     #: Its verb, for traces and messages.
@@ -107,7 +112,7 @@ class Command:
         return line.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ehlo(Command):
     """EHLO domain (RFC 5321 section 4.1.1.1)."""
 
@@ -115,7 +120,7 @@ class Ehlo(Command):
     verb: ClassVar[str] = "EHLO"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Helo(Command):
     """HELO domain, for servers that do not speak ESMTP."""
 
@@ -123,14 +128,14 @@ class Helo(Command):
     verb: ClassVar[str] = "HELO"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTLS(Command):
     """STARTTLS (RFC 3207)."""
 
     verb: ClassVar[str] = "STARTTLS"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Auth(Command):
     """AUTH mechanism [initial-response] (RFC 4954); ``initial`` is raw, base64 is done here."""
 
@@ -148,7 +153,7 @@ class Auth(Command):
         return f"Auth({self.mechanism!r}, <redacted>)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthResponse(Command):
     """One answer to a 334 challenge; ``data`` is raw, base64 is done here."""
 
@@ -162,14 +167,14 @@ class AuthResponse(Command):
         return "AuthResponse(<redacted>)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthCancel(Command):
     """The line "*": abandons an AUTH exchange after a 334 (RFC 4954 section 4)."""
 
     verb: ClassVar[str] = "AUTH cancel"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Mail(Command):
     """MAIL FROM, with the parameters the session decides on.
 
@@ -187,7 +192,7 @@ class Mail(Command):
     verb: ClassVar[str] = "MAIL"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rcpt(Command):
     """RCPT TO, with the recipient's own parameters."""
 
@@ -195,40 +200,40 @@ class Rcpt(Command):
     verb: ClassVar[str] = "RCPT"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data(Command):
     """DATA: the server answers 354 and the body follows."""
 
     verb: ClassVar[str] = "DATA"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rset(Command):
     """RSET: abandons the mail transaction."""
 
     verb: ClassVar[str] = "RSET"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Noop(Command):
     """NOOP."""
 
     verb: ClassVar[str] = "NOOP"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quit(Command):
     """QUIT: the server answers 221 and closes."""
 
     verb: ClassVar[str] = "QUIT"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Greeting(Command):
     verb: ClassVar[str] = "greeting"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _EndOfData(Command):
     verb: ClassVar[str] = "end of data"
 
@@ -240,60 +245,68 @@ _END = _EndOfData()
 # transaction (RFC 5321 sections 4.1.4 and 4.1.1.5); nothing may be sent while
 # the server reads a body, an AUTH answer or a TLS handshake, because it would
 # take the command for one of those.
-_ALLOWED: dict[type[Command], frozenset[State]] = {
-    Ehlo: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
-    Helo: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
-    StartTLS: frozenset({State.READY}),
-    Auth: frozenset({State.READY}),
-    AuthResponse: frozenset({State.AUTH}),
-    AuthCancel: frozenset({State.AUTH}),
-    Mail: frozenset({State.READY}),
-    Rcpt: frozenset({State.MAIL, State.RCPT}),
-    Data: frozenset({State.RCPT}),
-    Rset: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
-    Noop: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
-    Quit: frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT}),
+_OPEN = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
+# Tuples, not sets: a membership test by identity is cheaper than hashing an enum.
+_ALLOWED: dict[type[Command], tuple[State, ...]] = {
+    Ehlo: _OPEN,
+    Helo: _OPEN,
+    StartTLS: (State.READY,),
+    Auth: (State.READY,),
+    AuthResponse: (State.AUTH,),
+    AuthCancel: (State.AUTH,),
+    Mail: (State.READY,),
+    Rcpt: (State.MAIL, State.RCPT),
+    Data: (State.RCPT,),
+    Rset: _OPEN,
+    Noop: _OPEN,
+    Quit: _OPEN,
 }
 
 # Commands that must wait for every earlier reply: their reply decides what
 # the connection is (a TLS handshake, an AUTH exchange, the body, its end).
-_NOT_PIPELINABLE = (StartTLS, Auth, AuthResponse, AuthCancel)
+_NOT_PIPELINABLE = frozenset({StartTLS, Auth, AuthResponse, AuthCancel})
+
+
+def _ok(code: int | None) -> bool:
+    return code is None or 200 <= code < 300
+
+
+# The one transition table of the session: the state after a command got a
+# reply with ``code``, or, with ``code`` None, the state if it succeeds.
+_TRANSITIONS: dict[type[Command], Callable[[State, int | None], State]] = {
+    # A 554 greeting still leaves the server waiting for QUIT.
+    _Greeting: lambda state, code: State.CONNECTED,
+    Ehlo: lambda state, code: State.READY if _ok(code) else state,
+    Helo: lambda state, code: State.READY if _ok(code) else state,
+    StartTLS: lambda state, code: State.TLS if code in (None, 220) else State.READY,
+    Auth: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
+    AuthResponse: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
+    AuthCancel: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
+    Mail: lambda state, code: State.MAIL if _ok(code) else State.READY,
+    Rcpt: lambda state, code: State.RCPT if _ok(code) else state,
+    # 354 opens the body even when no recipient was accepted (a server bug):
+    # the caller must then end an empty body at once (RFC 2920).
+    Data: lambda state, code: State.BODY if code in (None, 354) else state,
+    _EndOfData: lambda state, code: State.READY,
+    # RSET before EHLO leaves the server still waiting for EHLO.
+    Rset: lambda state, code: State.READY if _ok(code) and state is not State.CONNECTED else state,
+    Noop: lambda state, code: state,
+    Quit: lambda state, code: State.CLOSED,
+}
 
 
 def _advance(state: State, command: Command, code: int | None) -> State:
-    """The state after ``command`` got a reply with ``code`` (None: assume it succeeds).
-
-    The one transition table of the session.
-    """
-    if code == 421 or isinstance(command, Quit):
+    """The state after ``command`` got a reply with ``code`` (None: assume it succeeds)."""
+    if code == 421:
         return State.CLOSED
-    klass = None if code is None else code // 100
-    if isinstance(command, _Greeting):
-        # A 554 greeting still leaves the server waiting for QUIT.
-        return State.CONNECTED
-    if isinstance(command, Ehlo | Helo):
-        return State.READY if klass in (None, 2) else state
-    if isinstance(command, StartTLS):
-        return State.TLS if code in (None, 220) else State.READY
-    if isinstance(command, Auth | AuthResponse | AuthCancel):
-        if code is None or code == 334:
-            return State.AUTH
-        return State.READY
-    if isinstance(command, Mail):
-        return State.MAIL if klass in (None, 2) else State.READY
-    if isinstance(command, Rcpt):
-        return State.RCPT if klass in (None, 2) else state
-    if isinstance(command, Data):
-        # 354 opens the body even when no recipient was accepted (a server
-        # bug): the caller must then end an empty body at once (RFC 2920).
-        return State.BODY if code in (None, 354) else state
-    if isinstance(command, _EndOfData):
-        return State.READY
-    if isinstance(command, Rset):
-        if klass in (None, 2) and state is not State.CONNECTED:
-            return State.READY
-        return state
-    return state  # NOOP
+    return _TRANSITIONS[type(command)](state, code)
+
+
+# Commands without arguments: their bytes never change.
+_SIMPLE_LINES: dict[type[Command], bytes] = {
+    kind: kind.verb.encode("ascii") + _CRLF for kind in (StartTLS, Data, Rset, Noop, Quit)
+}
+_SIMPLE_LINES[AuthCancel] = b"*\r\n"
 
 
 def _b64(data: bytes) -> str:
@@ -316,13 +329,26 @@ class ClientProtocol:
         # The state once every pending command has succeeded: what the next
         # command is checked against when pipelining.
         self._projected = State.CONNECTED
-        self.capabilities = Capabilities()
         self.esmtp = False
         self.authenticated = False
         self._eof = False
         self._encoder: BodyEncoder | None = None
         self._body_octets = 0
         self._closed_reason = ""
+        self._set_capabilities(Capabilities())
+
+    def _set_capabilities(self, capabilities: Capabilities) -> None:
+        self.capabilities = capabilities
+        # Looked up for every message: kept as plain attributes.
+        self._pipelining = "PIPELINING" in capabilities
+        self._dsn = "DSN" in capabilities
+        self._smtputf8 = "SMTPUTF8" in capabilities
+        self._8bitmime = "8BITMIME" in capabilities
+        self._size = "SIZE" in capabilities
+        params = capabilities.get("SIZE")
+        value = params[0] if params else ""
+        # "SIZE" alone or "SIZE 0" announces no limit (RFC 1870 section 4).
+        self._max_size = int(value) if value.isdigit() and int(value) > 0 else None
 
     # ------------------------------------------------------------------ queries
 
@@ -334,18 +360,12 @@ class ClientProtocol:
     @property
     def pipelining(self) -> bool:
         """Whether the server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go at once."""
-        return "PIPELINING" in self.capabilities
+        return self._pipelining
 
     @property
     def max_size(self) -> int | None:
         """The server's SIZE limit in octets, or None when it declares none (or "SIZE 0")."""
-        params = self.capabilities.get("SIZE")
-        if not params:
-            return None
-        value = params[0]
-        if not value.isdigit() or int(value) == 0:
-            return None
-        return int(value)
+        return self._max_size
 
     @property
     def auth_mechanisms(self) -> list[str]:
@@ -396,31 +416,35 @@ class ClientProtocol:
     def _on_reply(self, command: Command, reply: Response) -> None:
         code = reply.code
         before = self.state
-        self.state = _advance(before, command, code)
-        if self.state is State.CLOSED:
+        kind = type(command)
+        self.state = state = _advance(before, command, code)
+        if state is State.CLOSED:
             self._closed_reason = f"the server said: {reply}"
             self._pending.clear()
             self._projected = State.CLOSED
             return
-        if isinstance(command, Ehlo):
+        if kind is Ehlo:
             if reply.success:
-                self.capabilities = reply.capabilities
+                self._set_capabilities(reply.capabilities)
                 self.esmtp = True
-        elif isinstance(command, Helo):
+        elif kind is Helo:
             if reply.success:
-                self.capabilities = Capabilities()
+                self._set_capabilities(Capabilities())
                 self.esmtp = False
-        elif isinstance(command, Auth | AuthResponse) and reply.success:
-            self.authenticated = True
-        elif isinstance(command, StartTLS) and code == 220 and self._parser.buffered:
+        elif kind is Auth or kind is AuthResponse:
+            if reply.success:
+                self.authenticated = True
+        elif kind is StartTLS and code == 220 and self._parser.buffered:
             # Whatever follows the 220 was sent in plaintext before the
             # handshake: an attacker's injection (CVE-2011-0411 in reverse).
             # It is dropped here and again in tls_started().
             self._parser.clear()
-        succeeded = self.state is _advance(before, command, None)
-        if not succeeded or self.state is State.BODY:
-            # Recompute where the still pending commands lead from here.
-            projected: State = self.state
+        if not self._pending:
+            self._projected = state
+        elif state is not _advance(before, command, None):
+            # Not what was assumed when later commands were checked:
+            # recompute where the still pending commands lead from here.
+            projected: State = state
             for later in self._pending:
                 projected = _advance(projected, later, None)
             self._projected = projected
@@ -446,51 +470,53 @@ class ClientProtocol:
         SMTPUnsupportedCommand for an extension the server did not offer and
         SMTPMessageTooLarge for a message over the server's SIZE limit.
         """
-        if isinstance(command, Ehlo | Helo):
-            domain = check_argument(command.domain, f"{command.verb} name")
-            if not domain or not domain.isascii() or " " in domain:
-                raise ValueError(
-                    f"{command.verb} name must be a non-empty ASCII domain or address "
-                    f"literal without spaces: {domain!r}"
-                )
-            line = f"{command.verb} {domain}"
-        elif isinstance(command, Mail):
-            line = self._mail_line(command)
-        elif isinstance(command, Rcpt):
-            line = self._rcpt_line(command)
-        elif isinstance(command, Auth):
-            mechanism = check_argument(command.mechanism, "AUTH mechanism").upper()
-            if not mechanism or not mechanism.isascii() or " " in mechanism:
-                raise ValueError(f"not an AUTH mechanism name: {mechanism!r}")
-            if command.initial is None:
-                line = f"AUTH {mechanism}"
-            else:
-                # RFC 4954 section 4: an empty initial response is sent as "=".
-                line = f"AUTH {mechanism} {_b64(command.initial) or '='}"
-        elif isinstance(command, AuthResponse):
-            line = _b64(command.data)
-        elif isinstance(command, AuthCancel):
-            line = "*"
-        elif isinstance(command, StartTLS | Data | Rset | Noop | Quit):
-            line = command.verb
-        else:
+        kind = type(command)
+        simple = _SIMPLE_LINES.get(kind)
+        if simple is not None:
+            return simple
+        render = _RENDER.get(kind)
+        if render is None:
             raise LocalProtocolError(f"not a command that can be sent: {command!r}")
+        line = render(self, command)
         # Belt and braces: whatever built the line, no control character leaves.
         check_argument(line, f"{command.verb} command")
         if line.isascii():
             return line.encode("ascii") + _CRLF
         return line.encode("utf-8") + _CRLF
 
+    def _hello_line(self, command: Ehlo | Helo) -> str:
+        domain = check_argument(command.domain, f"{command.verb} name")
+        if not domain or not domain.isascii() or " " in domain:
+            raise ValueError(
+                f"{command.verb} name must be a non-empty ASCII domain or address "
+                f"literal without spaces: {domain!r}"
+            )
+        return f"{command.verb} {domain}"
+
+    def _auth_line(self, command: Auth) -> str:
+        mechanism = check_argument(command.mechanism, "AUTH mechanism").upper()
+        if not mechanism or not mechanism.isascii() or " " in mechanism:
+            raise ValueError(f"not an AUTH mechanism name: {mechanism!r}")
+        if command.initial is None:
+            return f"AUTH {mechanism}"
+        # RFC 4954 section 4: an empty initial response is sent as "=".
+        return f"AUTH {mechanism} {_b64(command.initial) or '='}"
+
+    def _auth_response_line(self, command: AuthResponse) -> str:
+        return _b64(command.data)
+
     def _check_utf8(self, address: Address, what: str) -> None:
-        if address.needs_smtputf8() and "SMTPUTF8" not in self.capabilities:
+        if not self._smtputf8 and address.needs_smtputf8():
             raise SMTPUnsupportedCommand(
                 f"the {what} address {address.address!r} is not ASCII and the server "
                 "does not offer SMTPUTF8"
             )
 
     def _parameters(self, address: Address) -> dict[str, str | None]:
+        if not address.parameters:
+            return {}
         params = dict(address.parameters)
-        if "DSN" not in self.capabilities:
+        if not self._dsn:
             # RFC 3461 parameters are an extension: a server that did not offer
             # DSN would refuse the whole command for them.
             for key in DSN_PARAMETERS:
@@ -503,17 +529,17 @@ class ClientProtocol:
         params = self._parameters(sender)
         size = command.size
         if size is not None:
-            limit = self.max_size
+            limit = self._max_size
             if limit is not None and size > limit:
                 raise SMTPMessageTooLarge(
                     f"the message is {size} octets and the server accepts at most {limit}"
                 )
-            if "SIZE" in self.capabilities:
+            if self._size:
                 params.setdefault("SIZE", str(size))
-        if command.eightbit and "8BITMIME" in self.capabilities:
+        if command.eightbit and self._8bitmime:
             params.setdefault("BODY", "8BITMIME")
         if command.smtputf8 or sender.needs_smtputf8() or "SMTPUTF8" in params:
-            if "SMTPUTF8" not in self.capabilities:
+            if not self._smtputf8:
                 raise SMTPUnsupportedCommand(
                     "an address needs SMTPUTF8 (RFC 6531) and the server does not offer it"
                 )
@@ -537,27 +563,46 @@ class ClientProtocol:
 
     def send(self, command: Command) -> bytes:
         """Check ``command`` against the state, then return its bytes and await its reply."""
+        return self.send_many((command,))
+
+    def send_many(self, commands: Sequence[Command]) -> bytes:
+        """The bytes of several commands for one write: all of them are queued, or none.
+
+        Every command is checked (arguments, extensions, the state each one
+        would meet) before any is queued, so a refusal leaves the session as
+        it was. More than one command, or any while replies are due, needs
+        PIPELINING.
+        """
         self._check_open()
-        allowed = _ALLOWED.get(type(command))
-        if allowed is None:
-            raise LocalProtocolError(f"not a command that can be sent: {command!r}")
-        if isinstance(command, _NOT_PIPELINABLE) and self._pending:
-            raise LocalProtocolError(
-                f"{command.verb} must wait for the replies to the commands before it"
-            )
-        if self._pending and not self.pipelining:
-            raise LocalProtocolError(
-                f"{command.verb} sent before the previous reply arrived, and the server "
-                "does not offer PIPELINING"
-            )
-        if self._projected not in allowed:
-            raise LocalProtocolError(
-                f"{command.verb} is not allowed now (session state: {self._projected.value})"
-            )
-        data = self.encode(command)
+        projected = self._projected
+        waiting = bool(self._pending)
+        for command in commands:
+            allowed = _ALLOWED.get(type(command))
+            if allowed is None:
+                raise LocalProtocolError(f"not a command that can be sent: {command!r}")
+            if waiting:
+                if type(command) in _NOT_PIPELINABLE:
+                    raise LocalProtocolError(
+                        f"{command.verb} must wait for the replies to the commands before it"
+                    )
+                if not self._pipelining:
+                    raise LocalProtocolError(
+                        f"{command.verb} sent before the previous reply arrived, and the "
+                        "server does not offer PIPELINING"
+                    )
+            if projected not in allowed:
+                raise LocalProtocolError(
+                    f"{command.verb} is not allowed now (session state: {projected.value})"
+                )
+            projected = _advance(projected, command, None)
+            waiting = True
+        if len(commands) == 1:
+            data = self.encode(commands[0])
+        else:
+            data = b"".join([self.encode(command) for command in commands])
         self._check_unsolicited()
-        self._pending.append(command)
-        self._projected = _advance(self._projected, command, None)
+        self._pending.extend(commands)
+        self._projected = projected
         return data
 
     def _check_unsolicited(self) -> None:
@@ -581,7 +626,7 @@ class ClientProtocol:
         if self.state is not State.TLS:
             raise LocalProtocolError("tls_started() without a 220 reply to STARTTLS")
         self._parser.clear()
-        self.capabilities = Capabilities()
+        self._set_capabilities(Capabilities())
         self.esmtp = False
         self.state = self._projected = State.CONNECTED
 
@@ -608,3 +653,14 @@ class ClientProtocol:
         self._pending.append(_END)
         self._projected = State.READY
         return tail + _END_OF_DATA
+
+
+# How each command with arguments becomes its line (without CRLF).
+_RENDER: dict[type[Command], Callable[[ClientProtocol, Any], str]] = {
+    Mail: ClientProtocol._mail_line,
+    Rcpt: ClientProtocol._rcpt_line,
+    Ehlo: ClientProtocol._hello_line,
+    Helo: ClientProtocol._hello_line,
+    Auth: ClientProtocol._auth_line,
+    AuthResponse: ClientProtocol._auth_response_line,
+}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 from pysendmail.errors import SMTPUnknownError
 
@@ -47,6 +46,9 @@ MAX_REPLY_LINES = 256
 # RFC 3463 section 2: class "." subject "." detail, with 1-3 digit parts,
 # followed by the end of the text or white space.
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=[ \t]|$)")
+# A whole one-line reply with nothing to check or clean: code, optional text
+# of printable ASCII (and TAB), line end.
+_SIMPLE_LINE = re.compile(rb"([0-9]{3}(?: [\t\x20-\x7e]*)?)\r?\n")
 # RFC 5321 section 4.1.1.1: ehlo-keyword.
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # C0 controls (TAB kept: some servers indent with it) and DEL, C1 controls:
@@ -110,19 +112,29 @@ class Capabilities(Mapping[str, list[str]]):
         return f"Capabilities({self._items!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Response:
     """One SMTP reply.
 
-    ``status`` is the three-digit code as text ("250"), ``lines`` the text of
-    each line after the code and its separator, and ``string`` the whole reply
-    as received ("250-first\\r\\n250 last\\r\\n"; unsafe characters replaced, see
-    the module docstring). Build one from the wire with ``Response.parse``.
+    ``status`` is the three-digit code as text ("250") and ``code`` as a
+    number, ``lines`` the text of each line after the code and its separator,
+    and ``string`` the whole reply as received ("250-first\\r\\n250 last\\r\\n";
+    unsafe characters replaced, see the module docstring). Build one from the
+    wire with ``Response.parse``. Treat it as immutable; two replies are equal
+    when their text is.
     """
 
+    __slots__ = ("code", "lines", "status", "string")
+
     status: str
+    code: int
     lines: tuple[str, ...]
     string: str
+
+    def __init__(self, status: str, lines: tuple[str, ...], string: str) -> None:
+        self.status = status
+        self.code = int(status)
+        self.lines = lines
+        self.string = string
 
     @classmethod
     def parse(cls, data: bytes | str) -> Response:
@@ -134,11 +146,6 @@ class Response:
         if reply is None or parser.buffered:
             raise SMTPProtocolError(f"not exactly one complete SMTP reply: {raw[:80]!r}")
         return reply
-
-    @property
-    def code(self) -> int:
-        """The reply code as a number (250)."""
-        return int(self.status)
 
     @property
     def message(self) -> str:
@@ -161,25 +168,41 @@ class Response:
     @property
     def success(self) -> bool:
         """A 2xx reply."""
-        return self.status[0] == "2"
+        return 200 <= self.code < 300
 
     @property
     def continuation(self) -> bool:
         """A 3xx reply: the server waits for more (354 to DATA, 334 during AUTH)."""
-        return self.status[0] == "3"
+        return 300 <= self.code < 400
 
     @property
     def capabilities(self) -> Capabilities:
         """For an EHLO reply, the extensions its lines after the first announce."""
         return Capabilities(self.lines[1:])
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return self.string == other.string
+
+    def __hash__(self) -> int:
+        return hash(self.string)
+
+    def __repr__(self) -> str:
+        return f"Response({self.status!r}, {self.lines!r})"
+
     def __str__(self) -> str:
         return self.string.rstrip("\r\n").replace("\r\n", " / ")
 
 
-def _clean(text: bytes) -> str:
-    decoded = text.decode("utf-8", "replace")
-    return _UNSAFE.sub("\ufffd", decoded)
+def _clean(line: bytes | bytearray) -> str:
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        text = line.decode("utf-8", "replace")
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub("\ufffd", text)
 
 
 class ReplyParser:
@@ -189,14 +212,12 @@ class ReplyParser:
     line end. After an ``SMTPProtocolError`` every call raises it again.
     """
 
-    __slots__ = ("_buffer", "_error", "_held", "_lines", "_raw", "_scanned", "_status")
+    __slots__ = ("_buffer", "_error", "_held", "_lines", "_scanned", "_status")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        # The lines of the reply being received: their text, and the whole
-        # line (code included) for ``Response.string``.
+        # The lines of the reply being received, code included, cleaned.
         self._lines: list[str] = []
-        self._raw: list[str] = []
         self._held = 0
         self._status: bytes | None = None
         # How far the buffer has been searched for a line end without finding
@@ -219,7 +240,6 @@ class ReplyParser:
         """Forget everything buffered: after STARTTLS, plaintext is never to be read."""
         self._buffer.clear()
         self._lines.clear()
-        self._raw.clear()
         self._held = 0
         self._status = None
         self._scanned = 0
@@ -235,6 +255,17 @@ class ReplyParser:
         """The next complete reply, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error
+        buffer = self._buffer
+        if not buffer:
+            return None
+        if not self._lines:
+            # The common case, a one-line reply of printable ASCII, in one C call.
+            match = _SIMPLE_LINE.match(buffer)
+            if match is not None and match.end() <= MAX_LINE_LENGTH:
+                line = match.group(1).decode("ascii")
+                del buffer[: match.end()]
+                self._scanned = 0
+                return Response(line[:3], (line[4:],), line + "\r\n")
         try:
             return self._next_reply()
         except SMTPProtocolError as exc:
@@ -254,45 +285,48 @@ class ReplyParser:
                 self._scanned = len(buffer)
                 return None
             self._scanned = 0
-            if end + 1 > MAX_LINE_LENGTH:
+            if end >= MAX_LINE_LENGTH:
                 raise SMTPProtocolError(
                     f"the server sent a reply line longer than {MAX_LINE_LENGTH} octets"
                 )
-            line = bytes(buffer[:end])
+            stop = end - 1 if end and buffer[end - 1] == 0x0D else end
+            line = buffer[:stop]
             del buffer[: end + 1]
-            self._held += end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            status = line[:3]
+            status = bytes(line[:3])
             if len(status) != 3 or not status.isdigit():
-                raise SMTPProtocolError(f"the server sent a line without a reply code: {line!r}")
-            if self._status is None:
-                self._status = status
-            elif status != self._status:
+                raise SMTPProtocolError(
+                    f"the server sent a line without a reply code: {bytes(line)!r}"
+                )
+            if self._status is not None and status != self._status:
                 raise SMTPProtocolError(
                     "the server mixed reply codes in one multiline reply: "
                     f"{self._status.decode()} then {status.decode()}"
                 )
             separator = line[3:4]
-            if separator not in (b"", b" ", b"-"):
-                raise SMTPProtocolError(
-                    f"the server sent a reply code followed by {separator!r}: {line!r}"
-                )
-            self._lines.append(_clean(line[4:]))
-            self._raw.append(_clean(line))
             if separator == b"-":
-                if len(self._lines) >= MAX_REPLY_LINES:
+                if len(self._lines) >= MAX_REPLY_LINES - 1:
                     raise SMTPProtocolError(
                         f"the server sent a reply of more than {MAX_REPLY_LINES} lines"
                     )
+                self._status = status
+                self._lines.append(_clean(line))
+                self._held += end + 1
                 continue
-            reply = Response(
-                self._status.decode("ascii"),
-                tuple(self._lines),
-                "".join(raw + "\r\n" for raw in self._raw),
-            )
+            if separator != b" " and separator:
+                raise SMTPProtocolError(
+                    f"the server sent a reply code followed by {bytes(separator)!r}: "
+                    f"{bytes(line)!r}"
+                )
+            last = _clean(line)
+            code = status.decode("ascii")
+            if not self._lines:
+                # The common case, a one-line reply, without the list work.
+                return Response(code, (last[4:],), last + "\r\n")
+            lines = self._lines
+            lines.append(last)
             self._lines = []
-            self._raw = []
             self._held = 0
             self._status = None
-            return reply
+            return Response(
+                code, tuple(raw[4:] for raw in lines), "".join(raw + "\r\n" for raw in lines)
+            )

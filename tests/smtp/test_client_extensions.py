@@ -89,7 +89,7 @@ def test_nagle_is_off(smtpd: RecordingServer) -> None:
 
     with SMTP.start(smtpd.host, smtpd.port) as smtp:
         assert smtp._conn is not None
-        sock = smtp._conn.socket
+        sock = smtp._conn.sock
         assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
