@@ -2,7 +2,8 @@
 
 ``ClientProtocol`` is the whole state of one SMTP session as the client sees
 it, in the manner of h11: the caller turns a command into wire bytes with
-``send(command)``, hands whatever the network delivered to ``receive_data``
+``send(command)`` (or a pipelined batch with ``send_many``; ``send_body`` and
+``end_body`` for the message), hands whatever the network delivered to ``receive_data``
 (``b""`` meaning the server closed the connection), and takes the replies from
 ``next_reply``, which match the commands sent, in order. It never touches a
 socket, a clock or ``ssl``, so it is tested with scripted bytes and can be

@@ -489,3 +489,25 @@ def test_ehlo_mid_transaction_resets_it() -> None:
     proto.send(Ehlo("c.test"))
     reply(proto, EHLO_REPLY)
     assert state(proto) is State.READY
+
+
+def test_send_many_queues_all_or_nothing() -> None:
+    proto = ready()
+    batch = [Mail(Address("a@b.test")), Rcpt(Address("c@d.test")), Ehlo("bad\r\nQUIT")]
+    with pytest.raises(ValueError):
+        proto.send_many(batch)
+    assert proto.pending == 0 and state(proto) is State.READY
+    with pytest.raises(LocalProtocolError, match="DATA"):
+        proto.send_many([Mail(Address("a@b.test")), Data()])
+    assert proto.pending == 0
+    # The session is untouched: a correct batch goes through.
+    wire = proto.send_many([Mail(Address("a@b.test")), Rcpt(Address("c@d.test")), Data()])
+    assert wire == b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+    assert proto.pending == 3
+
+
+def test_send_many_needs_pipelining() -> None:
+    proto = ready(b"250-mx\r\n250 8BITMIME\r\n")
+    with pytest.raises(LocalProtocolError, match="PIPELINING"):
+        proto.send_many([Mail(Address("a@b.test")), Rcpt(Address("c@d.test"))])
+    assert proto.pending == 0

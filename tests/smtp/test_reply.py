@@ -204,3 +204,25 @@ def test_any_bytes_give_replies_or_a_protocol_error_never_anything_else(
         assert parser.buffered <= len(data)
     except SMTPProtocolError:
         pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.just("\t")))
+def test_simple_lines_parse_as_received(text: str) -> None:
+    # One-line printable replies take a fast path; it must agree with the rule.
+    reply = Response.parse(f"250 {text}\r\n")
+    assert reply.lines == (text,)
+    assert reply.string == f"250 {text}\r\n"
+    assert reply.code == 250
+    split = ReplyParser()
+    split.feed(f"250-first\r\n250 {text}\r\n".encode())
+    assert split.next_reply().lines == ("first", text)  # type: ignore[union-attr]
+
+
+def test_response_equality_and_repr() -> None:
+    a = Response.parse(b"250 ok\r\n")
+    assert a == Response("250", ("ok",), "250 ok\r\n")
+    assert a != Response.parse(b"250 other\r\n")
+    assert a != "250 ok"
+    assert hash(a) == hash(Response.parse(b"250 ok\n"))
+    assert repr(a) == "Response('250', ('ok',))"
