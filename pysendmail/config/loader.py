@@ -527,7 +527,16 @@ def to_data(model: ConfigModel, path: str, exists: bool, origins: Origins) -> di
         "relays": tuple(relays),
         "queue": model.queue.model_dump(),
         "log": model.log.model_dump(),
+        "server": server_data(model),
     }
+
+
+def server_data(model: ConfigModel) -> dict[str, Any]:
+    """``[server]`` as plain values, without the users' password hashes."""
+    values = model.server.model_dump(exclude={"users"})
+    for key in ("listen", "allowed_networks", "allowed_senders", "allowed_recipient_domains"):
+        values[key] = tuple(values[key])
+    return values
 
 
 def load_validated(path: str, explicit: bool, environ: Mapping[str, str]) -> Validated:

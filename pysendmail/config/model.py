@@ -537,6 +537,169 @@ class LogSection(Section):
     ] = "info"
 
 
+_LISTEN_HELP = 'must be "HOST:PORT", like "127.0.0.1:2525", "0.0.0.0:25" or "[::1]:2525"'
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:2525"`` → ``("127.0.0.1", 2525)``; ``"[::1]:25"`` → ``("::1", 25)``.
+
+    Raises ``ValueError`` with the help text; the server uses it on validated values.
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(_LISTEN_HELP)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(_LISTEN_HELP) from None
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(_LISTEN_HELP)
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not is_domain_name(host):
+                raise ValueError(_LISTEN_HELP) from None
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        raise ValueError(_LISTEN_HELP)
+    return host, int(port_text)
+
+
+def _listen(value: Any) -> str:
+    text = _nonempty_text(value)
+    try:
+        split_listen(text)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return text
+
+
+def _list_of(example: str) -> Callable[[Any], list[Any]]:
+    def check(value: Any) -> list[Any]:
+        if isinstance(value, str):
+            raise fail(f"must be a list, like {example}")
+        if not isinstance(value, list | tuple):
+            raise fail("must be a list")
+        return list(value)
+
+    return check
+
+
+def _network(value: Any) -> str:
+    text = _nonempty_text(value)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits" in str(exc):
+            raise fail(
+                "has bits set after the prefix length (write the network's first address, "
+                'like "10.0.0.0/8")'
+            ) from None
+        raise fail('must be an IP address or network, like "10.0.0.0/8" or "::1"') from None
+    return str(network)
+
+
+def _domain_pattern(value: Any) -> str:
+    text = _nonempty_text(value)
+    domain = text[2:] if text.startswith("*.") else text
+    if not domain.isascii() or not is_domain_name(domain):
+        raise fail('must be a domain like "example.com", or "*.example.com" for its subdomains')
+    return text.lower()
+
+
+def _user_entry(value: Any) -> str:
+    text = _nonempty_text(value)
+    name, colon, hashed = text.partition(":")
+    if not colon or not name or not hashed or any(c.isspace() for c in text):
+        raise fail(
+            'must be "NAME:HASH", the output of `pysendmail hash-password NAME` '
+            "(a password hash, never the password itself)"
+        )
+    if not hashed.startswith(("scrypt$", "pbkdf2_sha256$")):
+        raise fail(
+            'has no password hash after "NAME:" (make one with `pysendmail hash-password NAME`)'
+        )
+    return text
+
+
+def _octal_mode(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip() and set(value.strip()) <= set("01234567"):
+        number = int(value.strip(), 8)
+    else:
+        raise fail('must be a file mode in octal, like "0660"')
+    if not 0 <= number <= 0o777:
+        raise fail('must be a file mode in octal between "0000" and "0777"')
+    return number
+
+
+Listen = Annotated[str, BeforeValidator(_listen)]
+Network = Annotated[str, BeforeValidator(_network)]
+DomainPattern = Annotated[str, BeforeValidator(_domain_pattern)]
+UserEntry = Annotated[str, BeforeValidator(_user_entry)]
+
+
+class ServerSection(Section):
+    """``pysendmail serve``: the SMTP sidecar, its access rules, limits, health and metrics."""
+
+    listen: Annotated[list[Listen], BeforeValidator(_list_of('["127.0.0.1:2525"]'))] = Field(
+        default_factory=lambda: ["127.0.0.1:2525"]
+    )
+    unix_socket: AbsPath | None = None
+    unix_socket_mode: Annotated[int, BeforeValidator(_octal_mode)] = 0o660
+    allowed_networks: Annotated[
+        list[Network], BeforeValidator(_list_of('["10.0.0.0/8", "::1"]'))
+    ] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    allowed_senders: Annotated[list[Glob], BeforeValidator(_string_list)] = Field(
+        default_factory=list
+    )
+    allowed_recipient_domains: Annotated[
+        list[DomainPattern], BeforeValidator(_list_of('["example.com", "*.example.com"]'))
+    ] = Field(default_factory=list)
+    require_auth: Bool = False
+    users: Annotated[list[UserEntry], BeforeValidator(_list_of('["alice:scrypt$..."]'))] = Field(
+        default_factory=list
+    )
+    users_file: AbsPath | None = None
+    tls_cert: AbsPath | None = None
+    tls_key: AbsPath | None = None
+    require_tls: Bool = False
+    max_message_size: Size | None = None
+    max_recipients: Annotated[int, BeforeValidator(_int_between(1, 100000))] = 100
+    max_messages_per_minute: Annotated[int, BeforeValidator(_int_between(0, 1000000))] = 0
+    max_connections: Annotated[int, BeforeValidator(_int_between(1, 100000))] = 100
+    timeout: Duration = 300
+    shutdown_timeout: Duration = 30
+    http_listen: Listen | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServerSection":
+        if not self.listen and self.unix_socket is None:
+            raise fail(
+                "is empty and no unix_socket is set: the server would accept nothing", "listen"
+            )
+        if self.tls_key is not None and self.tls_cert is None:
+            raise fail("is set but tls_cert is not", "tls_key")
+        if self.require_tls and self.tls_cert is None:
+            raise fail("needs tls_cert (and tls_key): STARTTLS is offered with it", "require_tls")
+        if self.require_auth and not (self.users or self.users_file):
+            raise fail("needs users or users_file: nobody could log in", "require_auth")
+        if (self.users or self.users_file) and self.tls_cert is None:
+            key = "users" if self.users else "users_file"
+            raise fail("needs tls_cert (and tls_key): AUTH is offered only over TLS", key)
+        if (
+            self.http_listen is not None
+            and self.http_listen in self.listen
+            and not self.http_listen.endswith(":0")
+        ):
+            raise fail("must differ from every address in listen", "http_listen")
+        return self
+
+
 class ConfigModel(BaseSettings):
     """The whole file. Values come only from what ``loader`` merged (file, then environment).
 
@@ -554,6 +717,7 @@ class ConfigModel(BaseSettings):
     relay: list[RelaySection] = Field(default_factory=list)
     queue: QueueSection = Field(default_factory=QueueSection)
     log: LogSection = Field(default_factory=LogSection)
+    server: ServerSection = Field(default_factory=ServerSection)
 
     @classmethod
     def settings_customise_sources(
@@ -572,6 +736,8 @@ class ConfigModel(BaseSettings):
         for relay in self.relay:
             if relay.helo is None:
                 relay.helo = hostname
+        if self.server.max_message_size is None:
+            self.server.max_message_size = self.general.max_message_size
         return self
 
 
@@ -582,4 +748,5 @@ SECTIONS: dict[str, type[Section]] = {
     "relay": RelaySection,
     "queue": QueueSection,
     "log": LogSection,
+    "server": ServerSection,
 }

@@ -170,6 +170,53 @@ class Log(_Plain):
     level: str
 
 
+class Server(_Plain):
+    """``[server]``: the sidecar (``pysendmail serve``). Durations in seconds, sizes in bytes.
+
+    The users' password hashes are not here (nor in the snapshot): ``pysendmail
+    serve`` reads them from the validated configuration and ``users_file``.
+    """
+
+    __slots__ = (
+        "allowed_networks",
+        "allowed_recipient_domains",
+        "allowed_senders",
+        "http_listen",
+        "listen",
+        "max_connections",
+        "max_message_size",
+        "max_messages_per_minute",
+        "max_recipients",
+        "require_auth",
+        "require_tls",
+        "shutdown_timeout",
+        "timeout",
+        "tls_cert",
+        "tls_key",
+        "unix_socket",
+        "unix_socket_mode",
+        "users_file",
+    )
+    listen: "tuple[str, ...]"  # "HOST:PORT", "[V6]:PORT"
+    unix_socket: "str | None"
+    unix_socket_mode: int
+    allowed_networks: "tuple[str, ...]"  # networks in ipaddress' spelling
+    allowed_senders: "tuple[str, ...]"  # glob patterns; empty = any sender
+    allowed_recipient_domains: "tuple[str, ...]"  # lower case; "*.x" = subdomains; empty = any
+    require_auth: bool
+    users_file: "str | None"
+    tls_cert: "str | None"
+    tls_key: "str | None"
+    require_tls: bool
+    max_message_size: int  # 0 = unlimited
+    max_recipients: int
+    max_messages_per_minute: int  # per client address; 0 = unlimited
+    max_connections: int
+    timeout: int
+    shutdown_timeout: int
+    http_listen: "str | None"
+
+
 class Settings(_Plain):
     """The whole configuration.
 
@@ -179,7 +226,16 @@ class Settings(_Plain):
     every value is a default or comes from the environment.
     """
 
-    __slots__ = ("general", "log", "queue", "relays", "rewrite", "source_exists", "source_path")
+    __slots__ = (
+        "general",
+        "log",
+        "queue",
+        "relays",
+        "rewrite",
+        "server",
+        "source_exists",
+        "source_path",
+    )
     source_path: str
     source_exists: bool
     general: General
@@ -187,6 +243,7 @@ class Settings(_Plain):
     relays: "tuple[Relay, ...]"
     queue: Queue
     log: Log
+    server: Server
 
     def need_relays(self) -> "tuple[Relay, ...]":
         """The relays, or a ConfigError saying how to add one when there is none."""
@@ -216,6 +273,7 @@ def settings_from_data(data: "Any") -> Settings:
     fields["relays"] = tuple(Relay._from_data(r) for r in relays)
     fields["queue"] = Queue._from_data(data.get("queue"))
     fields["log"] = Log._from_data(data.get("log"))
+    fields["server"] = Server._from_data(data.get("server"))
     result: Settings = Settings._from_data(fields)
     return result
 
@@ -223,7 +281,7 @@ def settings_from_data(data: "Any") -> Settings:
 def settings_to_data(settings: Settings) -> "dict[str, Any]":
     """The inverse of ``settings_from_data``: plain values only (marshal can store them)."""
     data = settings._as_data()
-    for name in ("general", "rewrite", "queue", "log"):
+    for name in ("general", "rewrite", "queue", "log", "server"):
         data[name] = data[name]._as_data()
     data["relays"] = tuple(r._as_data() for r in settings.relays)
     return data
