@@ -3,6 +3,8 @@
     pysendmail config check [-C FILE]
     pysendmail queue init | list [--json] | show ID | run [--watch]
     pysendmail queue flush [ID...] | delete ID... | hold ID... | release ID... | requeue ID...
+    pysendmail serve [-C FILE]
+    pysendmail hash-password [NAME] [--scheme scrypt|pbkdf2_sha256]
     pysendmail version
 
 Not on the sendmail hot path: argparse is fine here. Errors go through the
@@ -53,6 +55,16 @@ def _parser() -> _Parser:
         sp = q_sub.add_parser(name, help=text)
         sp.add_argument("ids", nargs="+")
 
+    srv = sub.add_parser("serve", help="the SMTP sidecar: listen, queue, deliver (until SIGTERM)")
+    # SUPPRESS: without -C here, the value given before "serve" stays.
+    srv.add_argument("-C", "--config", default=argparse.SUPPRESS, help="configuration file")
+
+    hp = sub.add_parser(
+        "hash-password", help="make a server.users entry (reads the password from stdin)"
+    )
+    hp.add_argument("name", nargs="?", help="the user name to put before the hash")
+    hp.add_argument("--scheme", choices=("scrypt", "pbkdf2_sha256"), default="scrypt")
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -71,6 +83,12 @@ def _run(argv: list[str], io: Streams) -> int:
         from pysendmail.config.check import check_main
 
         return check_main(args.config, io.environ, io.stdout, io.stderr)
+    if args.command == "serve":
+        from pysendmail.server.main import serve_main
+
+        return serve_main(args.config, io)
+    if args.command == "hash-password":
+        return _hash_password(io, args.name, args.scheme)
     from pysendmail.config import load_settings
 
     settings = load_settings(args.config, io.environ)
@@ -100,6 +118,29 @@ def _run(argv: list[str], io: Streams) -> int:
                 return status
         return run_queue_main(settings, io, ids=args.ids or None)
     return queuecmd.admin(settings, io, action, args.ids)
+
+
+def _hash_password(io: Streams, name: str | None, scheme: str) -> int:
+    """Print ``NAME:HASH`` (or the hash) for the password typed twice, or read from stdin."""
+    from pysendmail.server.passwords import MAX_PASSWORD, hash_password
+
+    if name is not None and (not name or ":" in name or not name.isprintable() or " " in name):
+        raise errors.UsageError("the user name must not be empty or hold a colon or a space")
+    stdin = io.stdin
+    if stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise errors.UsageError("the passwords differ; nothing was printed")
+    else:
+        raw = stdin.readline(MAX_PASSWORD + 2)
+        password = raw.decode("utf-8").rstrip("\r\n")
+    if not password or len(password.encode()) > MAX_PASSWORD:
+        raise errors.UsageError(f"the password must be 1 to {MAX_PASSWORD} octets")
+    hashed = hash_password(password, scheme=scheme)
+    io.stdout.write(f"{name}:{hashed}\n" if name else hashed + "\n")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

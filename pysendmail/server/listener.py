@@ -1,0 +1,691 @@
+"""The SMTP side of the sidecar: an aiosmtpd protocol and the handler that feeds the queue.
+
+One ``SMTPSession`` (an ``aiosmtpd.smtp.SMTP``) serves one connection, or one
+``sendmail -bs`` session on stdin/stdout. aiosmtpd does the command loop,
+EHLO, STARTTLS and the AUTH exchange; this module changes what it must not
+do its own way:
+
+* connect: a client outside ``allowed_networks``, or one too many, gets
+  ``554``/``421`` and is disconnected before the greeting;
+* ``MAIL FROM:<>`` (the null sender of bounces) is accepted; aiosmtpd refuses it;
+* DATA streams into a spool (memory up to ``SPOOL_MEMORY``, then an unnamed
+  file in the queue's ``tmp/``) instead of holding the whole message in
+  memory; lines of any length pass (the intake keeps them verbatim); the size
+  limit answers ``552`` after the final dot, and nothing is queued;
+* end of input: commands already received are still answered (a client may
+  pipeline a whole session and close its side); end of input inside DATA is
+  ``451`` and nothing is kept;
+* AUTH PLAIN and LOGIN check the users' password hashes in a thread (scrypt
+  takes tens of milliseconds); three failures end the session.
+
+The ``Handler`` hooks decide: ``handle_MAIL`` (rate limit, sender rules),
+``handle_RCPT`` (aliases resolved, recipient domains, the recipient limit),
+``handle_DATA`` (hands the spool to ``submit`` in a thread pool, so one slow
+disk does not stall every client). ``submit`` is the queue commit for
+``serve`` and the sendmail submission path for ``-bs``; it returns the reply,
+and a ``250`` only once the message is durable (or relayed).
+
+What this module must never do: reply 250 to DATA before ``submit`` returned
+one; keep a spool file after the transaction; read an unbounded command or
+AUTH line into memory; echo a password or an AUTH blob into a log line.
+
+SECURITY: every byte from the client is hostile. Addresses are checked by the
+intake's own functions (control characters refused); every reply that quotes
+client input goes through ``printable`` and is cut short; the connection is
+refused before a single command is read when the address is not allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, AnyStr, BinaryIO
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
+from aiosmtpd.smtp import Envelope as _AiosmtpdEnvelope
+
+from pysendmail import errors
+from pysendmail.log import printable
+from pysendmail.server.policy import Policy, RateLimiter, client_ip, client_key
+
+if TYPE_CHECKING:
+    from pysendmail.server.metrics import Metrics
+
+#: How much of a message is kept in memory before the spool becomes a file.
+SPOOL_MEMORY = 256 * 1024
+#: The longest piece of a line read at once (also the command line buffer).
+READ_LIMIT = 65536
+#: Failed AUTH attempts after which a session is ended.
+MAX_AUTH_FAILURES = 3
+#: How aiosmtpd's address parser spells the null reverse-path for us.
+NULL_PATH = "<>"
+#: A reply that ``push`` does not send (the session ended without a word).
+_SILENT = "\x00"
+
+OK_SENDER = "250 2.1.0 Ok"
+OK_RECIPIENT = "250 2.1.5 Ok"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+def reply_text(text: object, limit: int = 200) -> str:
+    """Client-derived text made safe for one reply line: printable, one line, short."""
+    return " ".join(printable(text, limit).split())
+
+
+class Spool:
+    """The message data of one transaction: in memory, then in an unnamed file.
+
+    ``directory`` is the queue's ``tmp/``: the only place a read-only container
+    may write. The file has no name (``O_TMPFILE``; where that is missing, a
+    name that is removed at once), so nothing is left behind whatever happens.
+    """
+
+    __slots__ = ("_buffer", "_directory", "_file", "size")
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._buffer = bytearray()
+        self._file: BinaryIO | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > SPOOL_MEMORY:
+            self._file = _unnamed_file(self._directory)
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def reader(self) -> BinaryIO:
+        """The data from its start, as a binary file (the spool may not be written again)."""
+        import io
+
+        if self._file is None:
+            return io.BytesIO(bytes(self._buffer))
+        self._file.flush()
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        self._buffer = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _unnamed_file(directory: str) -> BinaryIO:
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        fd = os.open(directory, flags | os.O_TMPFILE, 0o600)
+    except (AttributeError, OSError):
+        name = os.path.join(directory, ".spool-" + os.urandom(8).hex())
+        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.unlink(name)
+    return os.fdopen(fd, "w+b")
+
+
+class Envelope(_AiosmtpdEnvelope):
+    """aiosmtpd's envelope, with what the queue needs besides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body_type: str | None = None
+        self.spool: Spool | None = None
+
+
+class Submission:
+    """One message to hand on: the envelope from MAIL and RCPT, the data, who sent it.
+
+    ``sender`` is ``""`` for the null sender. ``submit`` must close ``spool``
+    (it runs in a worker thread that may outlive the session).
+    """
+
+    __slots__ = ("body_type", "client", "helo", "login", "recipients", "sender", "spool")
+
+    def __init__(
+        self,
+        sender: str,
+        recipients: list[str],
+        spool: Spool,
+        body_type: str | None,
+        client: str,
+        helo: str | None,
+        login: str | None,
+    ) -> None:
+        self.sender = sender
+        self.recipients = recipients
+        self.spool = spool
+        self.body_type = body_type
+        self.client = client
+        self.helo = helo
+        self.login = login
+
+
+#: Takes a submission, returns the DATA reply ("250 ..." only when durable or relayed).
+Submit = Callable[[Submission], str]
+
+
+def describe_peer(peer: object) -> str:
+    """Postfix's ``client=`` value: ``unknown[192.0.2.1]``, ``unix`` or ``stdin``."""
+    ip = client_ip(peer)
+    if ip is not None:
+        return f"unknown[{ip}]"
+    return "unix" if isinstance(peer, str) else "stdin"
+
+
+class Registry:
+    """The open sessions of a server, and whether it is shutting down."""
+
+    def __init__(self) -> None:
+        self.sessions: set[SMTPSession] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+
+class Handler:
+    """The aiosmtpd handler: the decisions at MAIL, RCPT, DATA and AUTH.
+
+    ``policy`` may be replaced at any time (a reload); each hook reads it once.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        submit: Submit,
+        executor: Executor,
+        *,
+        spool_dir: str,
+        log: Callable[[str, str], None],
+        metrics: Metrics | None = None,
+        verify_executor: Executor | None = None,
+        registry: Registry | None = None,
+        ident: str = "ESMTP pysendmail",
+    ) -> None:
+        self.policy = policy
+        self.submit = submit
+        self.executor = executor
+        # Not "auth_...": aiosmtpd takes every handler attribute of that name
+        # for an AUTH mechanism.
+        self.verify_executor = verify_executor or executor
+        self.spool_dir = spool_dir
+        self.log = log
+        self.metrics = metrics
+        self.registry = registry if registry is not None else Registry()
+        self.limiter = RateLimiter(policy.per_minute)
+        self.ident = ident
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.limiter.per_minute = policy.per_minute
+
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected(reason)
+
+    # -- sessions ------------------------------------------------------------
+
+    def protocol(self, loop: asyncio.AbstractEventLoop) -> SMTPSession:
+        """A new ``SMTPSession`` with the current policy (the listeners' protocol factory)."""
+        policy = self.policy
+        return SMTPSession(
+            self,
+            hostname=policy.hostname,
+            ident=self.ident,
+            data_size_limit=policy.max_message_size or None,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=policy.tls_context,
+            require_starttls=policy.require_tls,
+            timeout=float(policy.timeout),
+            auth_required=policy.require_auth,
+            auth_require_tls=True,
+            loop=loop,
+        )
+
+    def check_connect(self, peer: object) -> str | None:
+        """The reply that refuses a new client, or None to let it in."""
+        policy = self.policy
+        if self.registry.closing:
+            return SHUTTING_DOWN
+        if not policy.allows_peer(peer):
+            self._count("network")
+            self.log(
+                f"reject: connect from {describe_peer(peer)}: not in allowed_networks", "warning"
+            )
+            ip = client_ip(peer)
+            return f"554 5.7.1 {ip} is not allowed to send mail here"
+        if len(self.registry) >= policy.max_connections:
+            self._count("connections")
+            self.log(
+                f"reject: connect from {describe_peer(peer)}: too many connections "
+                f"(max_connections = {policy.max_connections})",
+                "warning",
+            )
+            return "421 4.7.0 Too many connections, try again later"
+        return None
+
+    # -- aiosmtpd hooks ------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTPSession,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extensions = [r for r in responses[1:] if not r[4:].upper().startswith(("HELP", "AUTH"))]
+        if len(self.policy.users) and any(r[4:].upper().startswith("AUTH") for r in responses):
+            extensions.append("250-AUTH LOGIN PLAIN")
+        extensions += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        last = extensions.pop()
+        return [responses[0], *extensions, "250 " + last[4:]]
+
+    async def handle_AUTH(
+        self, server: SMTPSession, session: Session, envelope: Envelope, args: list[str]
+    ) -> object:
+        if not len(self.policy.users):
+            return "503 5.5.1 AUTH is not available here"
+        if len(args) > 0 and args[0].upper() not in ("PLAIN", "LOGIN"):
+            return "504 5.5.4 Unrecognized authentication type"
+        return MISSING
+
+    async def auth_PLAIN(self, server: SMTPSession, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            decoded = await _b64_argument(server, args[1])
+            if decoded is None:
+                return AuthResult(success=False, handled=True)
+            blob = decoded
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split the AUTH PLAIN value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(server, "PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTPSession, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(SMTP.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            decoded = await _b64_argument(server, args[1])
+            if decoded is None:
+                return AuthResult(success=False, handled=True)
+            login = decoded
+        password = await server.challenge_auth(SMTP.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._check_login(server, "LOGIN", login, password)
+
+    async def _check_login(
+        self, server: SMTPSession, mechanism: str, login: bytes, password: bytes
+    ) -> AuthResult:
+        users = self.policy.users
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self.verify_executor, users.check, login, password)
+        session = server.session
+        client = describe_peer(session.peer if session is not None else None)
+        name = printable(login.decode("utf-8", "replace"), 100)
+        if ok:
+            self.log(f"{client}: sasl_method={mechanism}, sasl_username={name}", "info")
+            server.login = name
+            return AuthResult(success=True, auth_data=name)
+        server.auth_failures += 1
+        self._count("auth")
+        self.log(f"warning: {client}: SASL {mechanism} authentication failed", "warning")
+        if server.auth_failures >= MAX_AUTH_FAILURES:
+            await server.push("421 4.7.0 Too many failed authentications, goodbye")
+            server.end_session()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False)
+
+    async def handle_MAIL(
+        self,
+        server: SMTPSession,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        policy = self.policy
+        if self.registry.closing:
+            server.end_after_reply()
+            return SHUTTING_DOWN
+        if not self.limiter.allows(client_key(session.peer), time.monotonic()):
+            self._count("rate")
+            self.log(
+                f"reject: MAIL from {describe_peer(session.peer)}: more than "
+                f"{policy.per_minute} messages a minute",
+                "warning",
+            )
+            server.end_after_reply()
+            return "421 4.7.0 Too many messages from you, try again later"
+        sender = "" if address == NULL_PATH else address
+        if sender:
+            try:
+                qualified = _check_sender(sender, policy.settings.general.domain)
+            except errors.DataError as exc:
+                return f"553 5.1.7 Bad sender address: {reply_text(exc)}"
+        else:
+            qualified = ""
+        if not policy.allows_sender(qualified):
+            self._count("sender")
+            self.log(
+                f"reject: MAIL from {describe_peer(session.peer)}: "
+                f"sender <{printable(qualified, 300)}> is not in allowed_senders",
+                "warning",
+            )
+            return f"553 5.7.1 <{reply_text(qualified)}>: Sender address not allowed"
+        body_type = None
+        for option in mail_options:
+            key, _, value = option.partition("=")
+            if key.upper() == "BODY":
+                body_type = value.upper()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.body_type = body_type
+        return OK_SENDER
+
+    async def handle_RCPT(
+        self,
+        server: SMTPSession,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        from pysendmail.message.intake import resolve_recipient
+
+        policy = self.policy
+        if address == NULL_PATH:
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= policy.max_recipients:
+            self._count("recipients")
+            return "452 4.5.3 Too many recipients"
+        try:
+            finals = resolve_recipient(address, policy.intake_options(None, [], None))
+        except errors.PysendmailError as exc:
+            return f"553 5.1.3 Bad recipient address: {reply_text(exc)}"
+        if not finals:
+            return f"550 5.1.1 <{reply_text(address)}>: Recipient address has no destination"
+        for final in finals:
+            if not policy.allows_recipient(final):
+                self._count("relay")
+                self.log(
+                    f"reject: RCPT from {describe_peer(session.peer)}: "
+                    f"<{printable(final, 300)}>: Relay access denied",
+                    "warning",
+                )
+                return f"554 5.7.1 <{reply_text(address)}>: Relay access denied"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return OK_RECIPIENT
+
+    async def handle_DATA(self, server: SMTPSession, session: Session, envelope: Envelope) -> str:
+        spool = envelope.spool
+        assert spool is not None and envelope.mail_from is not None
+        envelope.spool = None
+        sender = "" if envelope.mail_from == NULL_PATH else envelope.mail_from
+        submission = Submission(
+            sender,
+            list(envelope.rcpt_tos),
+            spool,
+            envelope.body_type,
+            describe_peer(session.peer),
+            session.host_name,
+            server.login,
+        )
+        loop = asyncio.get_running_loop()
+        # The worker owns the spool from here: it closes it, even if this
+        # session is gone before the commit returns.
+        reply = await loop.run_in_executor(
+            self.executor, _submit_guarded, self.submit, submission, self.log
+        )
+        if reply.startswith("250"):
+            self.limiter.record(client_key(session.peer), time.monotonic())
+        return reply
+
+
+def _submit_guarded(submit: Submit, submission: Submission, log: Callable[[str, str], None]) -> str:
+    try:
+        return submit(submission)
+    except Exception as exc:
+        # A bug of ours: the client hears "try again", never 250.
+        log(f"{submission.client}: internal error: {type(exc).__name__}: {exc}", "error")
+        return "451 4.3.0 Temporary server error, try again later"
+    finally:
+        submission.spool.close()
+
+
+async def _b64_argument(server: SMTPSession, text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        await server.push("501 5.5.2 Cannot decode base64")
+        return None
+
+
+def _check_sender(address: str, domain: str) -> str:
+    """A MAIL FROM address checked as ``sendmail -f`` is; a bare name qualified with ``domain``."""
+    from pysendmail.message.addresses import (
+        check_local_part,
+        check_mailbox,
+        check_text,
+        parse_address_list,
+        split_address,
+    )
+
+    check_text(address, "sender")
+    found = parse_address_list(address)
+    if len(found) != 1:
+        raise errors.DataError("not one address")
+    local, host = split_address(found[0])
+    if host is None:
+        check_local_part(local)
+        return check_mailbox(local + "@" + domain)
+    return check_mailbox(found[0])
+
+
+class SMTPSession(SMTP):
+    """aiosmtpd's SMTP protocol with the changes listed in the module docstring."""
+
+    line_length_limit = READ_LIMIT
+
+    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.handler = handler
+        self.login: str | None = None
+        self.auth_failures = 0
+        self.in_data = False
+        self._refused = False
+        self._registered = False
+        self._ended = False
+
+    # -- connection ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and not self._registered:
+            # A new connection (not the TLS layer after STARTTLS): refuse it now,
+            # before the greeting, if it may not talk to us.
+            refusal = self.handler.check_connect(transport.get_extra_info("peername"))
+            if refusal is not None:
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(refusal.encode("ascii") + b"\r\n")
+                transport.close()
+                return
+            self._registered = True
+            self.handler.registry.sessions.add(self)
+            if self.handler.metrics is not None:
+                self.handler.metrics.connections = len(self.handler.registry)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._registered:
+            self._registered = False
+            registry = self.handler.registry
+            registry.sessions.discard(self)
+            if self.handler.metrics is not None:
+                self.handler.metrics.connections = len(registry)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        # aiosmtpd drops the session at once, with whatever the client sent
+        # before closing its side unanswered. Instead the reader ends, the
+        # commands already received are answered, and the session ends when the
+        # reader runs dry (handle_exception below).
+        assert self.session is not None
+        reader = getattr(self, "_stream_reader", None)
+        if reader is not None:
+            reader.feed_eof()
+        return self.session.ssl is None and not getattr(self, "_over_ssl", False)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA: a shutdown lets it finish."""
+        envelope = self.envelope
+        return self.in_data or (envelope is not None and envelope.mail_from is not None)
+
+    def end_session(self) -> None:
+        """Close the connection now; the command loop stops at its next turn."""
+        self._ended = True
+        transport = self.transport
+        if transport is None:
+            return
+        self.transport = None
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        transport.close()
+
+    def end_after_reply(self) -> None:
+        """Close the connection once the reply being prepared has been sent."""
+        asyncio.get_running_loop().call_soon(self.end_session)
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send ``reply`` (a 421) and close, whatever the session is doing."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(reply.encode("ascii") + b"\r\n")
+        self.end_session()
+
+    async def push(self, status: AnyStr) -> None:
+        if status == _SILENT or self._ended:
+            return
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.IncompleteReadError):
+            self.end_session()  # the client has closed its side and said everything
+            return _SILENT
+        self.handler.log(
+            f"{describe_peer(self.session.peer if self.session else None)}: "
+            f"internal error: {type(error).__name__}: {printable(error, 300)}",
+            "error",
+        )
+        return "451 4.3.0 Temporary server error, try again later"
+
+    # -- MAIL FROM:<> --------------------------------------------------------
+
+    def _create_envelope(self) -> Envelope:
+        return Envelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        text = arg.lstrip()
+        if text.startswith("<>"):
+            # The null reverse-path: aiosmtpd's parser finds no address in it and
+            # would refuse the MAIL command of every bounce.
+            return NULL_PATH, text[2:]
+        result: tuple[str | None, str | None] = super()._getaddr(arg)
+        return result
+
+    # -- DATA ----------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, Envelope)
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = Spool(self.handler.spool_dir)
+        self.in_data = True
+        try:
+            outcome = await self._receive(spool)
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            self.in_data = False
+        if outcome != "ok":
+            spool.close()
+            self.envelope = self._create_envelope()
+            if outcome == "too big":
+                self.handler._count("size")
+                await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
+            else:
+                await self.push("451 4.3.0 Input ended inside DATA; nothing was kept")
+                self.end_session()
+            return
+        envelope.spool = spool
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if envelope.spool is not None:  # the handler did not take it
+                envelope.spool.close()
+        self.envelope = self._create_envelope()
+        await self.push(status)
+
+    async def _receive(self, spool: Spool) -> str:
+        """Read the data up to the lone dot into ``spool``: "ok", "too big" or "eof"."""
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        at_line_start = True
+        too_big = False
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                line = await reader.read(exc.consumed)  # a piece of a long line
+            except asyncio.IncompleteReadError:
+                return "eof"
+            if at_line_start and line[:1] == b".":
+                if line == b".\r\n":
+                    break
+                line = line[1:]
+            at_line_start = line.endswith(b"\r\n")
+            if too_big:
+                continue
+            if limit and spool.size + len(line) > limit:
+                too_big = True  # keep reading to the dot, keep nothing
+                spool.close()
+                continue
+            spool.write(line)
+        return "too big" if too_big else "ok"

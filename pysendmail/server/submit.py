@@ -1,0 +1,96 @@
+"""The listener's last step: one SMTP transaction becomes one committed queue file.
+
+``QueueSubmitter`` is the ``submit`` of ``pysendmail serve``. It runs in a
+worker thread (the listener's pool): the intake reads the spooled data and
+writes the queue file (``Queue.begin``: ``tmp/``, O_EXCL), then ``commit``
+fsyncs it, links it into ``queue/``, fsyncs the folder and pokes the trigger,
+so the runner in the same process (or any runner watching the queue) starts
+delivering at once. Only then does the client hear ``250``.
+
+Replies: ``250 2.0.0 Ok: queued as ID``; ``451 4.3.0`` when the queue cannot
+take the message now (disk full, the queue missing or unwritable, an I/O
+error, anything unexpected); ``554 5.6.0`` when the message itself is refused
+(a NUL in the header block, a header block over 1 MiB, an envelope too large).
+In every case but 250 nothing is left in ``tmp/`` (``Pending`` removes it).
+
+What it must never do: return 250 before ``commit`` returned.
+
+SECURITY: the data and the envelope are hostile; the intake checks them.
+Error texts that quote the message go through ``reply_text``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pysendmail import errors
+from pysendmail.server.listener import Submission, reply_text
+
+if TYPE_CHECKING:
+    from pysendmail.log import Logger
+    from pysendmail.queue.spool import Queue
+    from pysendmail.server.metrics import Metrics
+    from pysendmail.server.policy import Policy
+
+_TEMPORARY = (
+    errors.TemporaryFailure,
+    errors.CantCreateError,
+    errors.IOFailure,
+    errors.PermissionDeniedError,
+    errors.ConfigError,
+)
+
+
+class QueueSubmitter:
+    """Commit a submission to ``queue`` with the intake options of the current policy."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        policy: Callable[[], Policy],
+        logger: Logger,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.queue = queue
+        self.policy = policy
+        self.log = logger
+        self.metrics = metrics
+
+    def __call__(self, submission: Submission) -> str:
+        from pysendmail.message.intake import make_queue_id, receive
+
+        policy = self.policy()
+        queue_id = make_queue_id()
+        try:
+            options = policy.intake_options(
+                submission.sender, submission.recipients, submission.body_type
+            )
+            options.queue_id = queue_id
+            src = submission.spool.reader()
+            with self.queue.begin(queue_id) as pending:
+                envelope = receive(src, pending.file, options)
+                pending.commit()
+        except _TEMPORARY as exc:
+            self.log.line(f"{submission.client}: not queued: {exc}", "error")
+            return (
+                f"451 4.3.0 Cannot queue the message now, try again later: {reply_text(exc, 120)}"
+            )
+        except errors.PysendmailError as exc:
+            self.log.line(f"{submission.client}: refused: {exc}", "warning")
+            return f"554 5.6.0 Message refused: {reply_text(exc)}"
+        except OSError as exc:
+            self.log.line(f"{submission.client}: not queued: {exc.strerror or exc}", "error")
+            return "451 4.3.0 Cannot queue the message now, try again later"
+        fields: dict[str, object] = {
+            "client": submission.client,
+            "from": f"<{envelope.sender}>",
+            "size": envelope.size,
+            "nrcpt": len(envelope.recipients),
+        }
+        if submission.login:
+            fields["sasl_username"] = submission.login
+        self.log.event(queue_id, "info", **fields)
+        if self.metrics is not None:
+            self.metrics.message_accepted(envelope.size)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
