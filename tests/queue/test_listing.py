@@ -350,3 +350,24 @@ def test_permission_to_read_the_queue_is_checked_by_the_kernel_not_by_us(
     with pytest.raises(errors.PermissionDeniedError, match="readable only by root") as e:
         queuecmd.list_queue(settings, streams())
     assert e.value.exit_status == 77
+
+
+def test_the_real_mailq_and_sendmail_bp_print_the_listing(tmp_path: pathlib.Path) -> None:
+    import subprocess
+
+    from tests.queue.helpers import REPO, write_config
+
+    spool = tmp_path / "spool"
+    q = new_queue(spool)
+    config = write_config(tmp_path, spool)
+    env = {"PATH": os.environ.get("PATH", ""), "PYSENDMAIL_CACHE_DIR": str(tmp_path), "TZ": "UTC"}
+    bin_ = REPO / ".venv" / "bin"
+    for argv in ([bin_ / "mailq", "-C", config], [bin_ / "sendmail", "-bp", "-C", config]):
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "Mail queue is empty\n", "")
+    enqueue(q, queue_id="LISTED1", now=NOW)
+    done = subprocess.run([bin_ / "mailq", "-C", config], capture_output=True, text=True, env=env)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[1] == (
+        "LISTED1          249 Sun Nov 29 20:02:49  root@example.com"
+    )
