@@ -284,6 +284,7 @@ class SMTP:
         self._conn: Connection | None = None
         self._started = False
         self._helo_name = "localhost"
+        self._peer: str | None = None
         # Built on first use and kept: every session of this object shares it.
         self._context: ssl.SSLContext | None = None
 
@@ -324,6 +325,14 @@ class SMTP:
     def started(self) -> bool:
         """True from a successful ``start`` until ``finish``."""
         return self._started
+
+    @property
+    def peer_address(self) -> str | None:
+        """The IP address of the server connected to (None before ``start``).
+
+        Kept after ``finish``, for the log line that reports the delivery.
+        """
+        return self._peer
 
     @property
     def encrypted(self) -> bool:
@@ -473,6 +482,7 @@ class SMTP:
             source_address=self.source_address,
         )
         self._conn = conn
+        self._peer = conn.peer
         deadline = conn.deadline(self.open_timeout)
         if context is not None:
             conn.start_tls(context, self.tls_hostname or self.address, deadline)

@@ -118,6 +118,10 @@ class Connection:
 
     def __init__(self, sock: socket.socket, where: str, timeouts: Timeouts, trace: Trace) -> None:
         self._sock: socket.socket | None = sock
+        #: The server's IP address, as connected (for logs: "relay=host[ip]:port").
+        self.peer: str | None = None
+        with suppress(OSError, IndexError, TypeError):
+            self.peer = str(sock.getpeername()[0])
         self.proto = ClientProtocol()
         self.where = where
         self.timeouts = timeouts

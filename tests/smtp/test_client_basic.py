@@ -319,3 +319,12 @@ def test_debug_trace_goes_to_logging_without_a_stream(
     messages = [r.getMessage() for r in caplog.records if r.name == "pysendmail.smtp"]
     assert "<- 'NOOP\\r\\n'" in messages
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "pysendmail.smtp")
+
+
+def test_peer_address_for_log_lines(smtpd: RecordingServer) -> None:
+    smtp = SMTP("localhost", smtpd.port)
+    assert smtp.peer_address is None
+    with smtp.start():
+        assert smtp.peer_address == "127.0.0.1"
+    # Kept after finish, for the line that reports the delivery.
+    assert smtp.peer_address == "127.0.0.1"
