@@ -474,16 +474,18 @@ class SMTP:
         return context
 
     def _connect(self, context: ssl.SSLContext | None) -> None:
+        # One deadline for the connect, the TLS handshake and the greeting.
+        deadline = Connection.deadline(self.open_timeout)
         conn = Connection.open(
             self.address,
             self.port,
             timeouts=self._timeouts,
             trace=self._trace,
             source_address=self.source_address,
+            deadline=deadline,
         )
         self._conn = conn
         self._peer = conn.peer
-        deadline = conn.deadline(self.open_timeout)
         if context is not None:
             conn.start_tls(context, self.tls_hostname or self.address, deadline)
         greeting = conn.read_reply(deadline=deadline, timeout_error=SMTPOpenTimeout)

@@ -139,14 +139,19 @@ class Connection:
         timeouts: Timeouts,
         trace: Trace,
         source_address: tuple[str, int] | None = None,
+        deadline: float | None = None,
     ) -> Connection:
-        """Connect over TCP (TCP_NODELAY set); SMTPConnectError or SMTPOpenTimeout."""
+        """Connect over TCP (TCP_NODELAY set); SMTPConnectError or SMTPOpenTimeout.
+
+        ``deadline`` (monotonic) bounds the connect; without it, the open timeout does.
+        """
         where = f"{host}:{port}"
         if trace.on:
             trace(f"-- connecting to {where}")
+        timeout = timeouts.open if deadline is None else _remaining(deadline)
         try:
             sock = socket.create_connection(
-                (host, port), timeout=timeouts.open, source_address=source_address
+                (host, port), timeout=timeout, source_address=source_address
             )
         except TimeoutError as exc:
             raise SMTPOpenTimeout(f"connecting to {where} timed out") from exc
