@@ -16,6 +16,7 @@ SMTP errors also subclass the builtin they resemble (``TimeoutError``,
 # hot path, where ``import typing`` alone costs more than the whole budget.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Protocol
 
     class Reply(Protocol):
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         def string(self) -> str: ...
         @property
         def message(self) -> str: ...
+
 
 # sysexits(3): the exit statuses of sendmail and its peers.
 EX_OK = 0
@@ -243,13 +245,13 @@ class SMTPRecipientsRefused(SMTPError):
     error is temporary only when every refusal was temporary.
     """
 
-    def __init__(self, refused: "dict[str, Reply]", message: str = "") -> None:
+    def __init__(self, refused: "Mapping[str, Reply]", message: str = "") -> None:
         if not message:
             parts = [f"<{addr}>: {err_text(resp)}" for addr, resp in refused.items()]
             message = "all recipients were refused: " + "; ".join(parts)
         first = next(iter(refused.values()), None)
         super().__init__(message, first)
-        self.refused = refused
+        self.refused = dict(refused)
 
     @property
     def temporary(self) -> bool:

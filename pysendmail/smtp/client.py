@@ -61,7 +61,6 @@ from typing import (
     Self,
     TypeAlias,
     TypeVar,
-    cast,
     overload,
 )
 
@@ -100,7 +99,7 @@ from pysendmail.smtp.protocol import (
 from pysendmail.smtp.reply import Capabilities, Response
 
 if TYPE_CHECKING:
-    from pysendmail.errors import Reply
+    pass
 
 __all__ = ["SMTP", "MessageWriter", "SendResult", "StartTLSMode"]
 
@@ -631,7 +630,7 @@ class SMTP:
             r.address: rep for r, rep in zip(recipients, replies, strict=True) if not rep.success
         }
         if len(refused) == len(recipients):
-            raise SMTPRecipientsRefused(cast("dict[str, Reply]", refused))
+            raise SMTPRecipientsRefused(refused)
         return refused
 
     @overload
@@ -763,7 +762,7 @@ class SMTP:
         if not mail_reply.success:
             error = error_for_reply(mail_reply)
         elif len(refused) == len(recipients):
-            error = SMTPRecipientsRefused(cast("dict[str, Reply]", refused))
+            error = SMTPRecipientsRefused(refused)
         elif data_reply is not None and data_reply.code != 354:
             error = error_for_reply(data_reply)
         if error is not None:
