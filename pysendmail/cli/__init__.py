@@ -34,10 +34,45 @@ class Streams:
         stderr: "TextIO | None" = None,
         environ: "dict[str, str] | None" = None,
     ) -> None:
-        self.stdin = stdin if stdin is not None else sys.stdin.buffer
-        self.stdout = stdout if stdout is not None else sys.stdout
-        self.stderr = stderr if stderr is not None else sys.stderr
+        # sys.stdin/stdout/stderr are None when the caller started us with that
+        # descriptor closed; main() has put /dev/null there since (standard_fds).
+        if stdin is None:
+            stdin = sys.stdin.buffer if sys.stdin is not None else _binary_stream(0)
+        if stdout is None:
+            stdout = sys.stdout if sys.stdout is not None else _text_stream(1)
+        if stderr is None:
+            stderr = sys.stderr if sys.stderr is not None else _text_stream(2)
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
         self.environ = environ if environ is not None else dict(os.environ)
+
+
+def _binary_stream(fd: int) -> "BinaryIO":
+    return open(fd, "rb", closefd=False)
+
+
+def _text_stream(fd: int) -> "TextIO":
+    return open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def standard_fds() -> None:
+    """Open /dev/null on whichever of descriptors 0, 1 and 2 the caller left closed.
+
+    Daemons and some cron setups start sendmail with a standard descriptor
+    closed. Left so, the first file or socket we open would take its number:
+    the queue file, or the relay's connection, would become "stdout", and a
+    line meant for the terminal would land inside it. Postfix's sendmail does
+    the same repair first thing.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # cannot happen with 0..fd-1 open, but be exact
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _say(stream: "TextIO", line: str) -> None:
@@ -56,6 +91,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str], streams: Streams | None = None) -> int:
     """Run the sendmail command with ``argv`` (argv[0] is the program name)."""
+    if streams is None:
+        standard_fds()
     io = streams if streams is not None else Streams()
     prog = os.path.basename(argv[0]) if argv and argv[0] else "sendmail"
 
@@ -120,6 +157,7 @@ def newaliases_main() -> int:
 
 def admin_main() -> int:
     """Console entry point ``pysendmail``: configuration, queue and the sidecar."""
+    standard_fds()
     from pysendmail.cli import admin
 
     return admin.main(sys.argv[1:], Streams())

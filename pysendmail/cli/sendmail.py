@@ -236,18 +236,52 @@ def report_status(
     if not failed:
         return 0
     prog = os.path.basename(inv.prog) or "sendmail"
-    for result in failed:
-        verb = "refused" if result.status == BOUNCED else "deferred"
-        line = f"{prog}: <{result.address}>: {verb} by {report.relay}: {result.reply}"
-        _stderr(io, " ".join(line.split()))
     err = report.error
     if isinstance(err, errors.SMTPAuthenticationError | errors.SMTPSecurityError):
-        return errors.EX_NOPERM
-    if isinstance(err, errors.ConfigError):
-        return errors.EX_CONFIG
-    if any(r.status == BOUNCED for r in failed):
-        return errors.EX_UNAVAILABLE
-    return errors.EX_TEMPFAIL
+        status = errors.EX_NOPERM
+    elif isinstance(err, errors.ConfigError):
+        status = errors.EX_CONFIG
+    elif any(r.status == BOUNCED for r in failed):
+        status = errors.EX_UNAVAILABLE
+    else:
+        status = errors.EX_TEMPFAIL
+    if err is not None and len(failed) == len(report.recipients):
+        # The session failed as a whole (no relay reachable, TLS, login, the
+        # message refused after DATA): one line for the message, not one per
+        # recipient repeating the same reason.
+        _stderr(io, f"{prog}: {_session_failure(status, report.relay, err)}")
+        return status
+    # The relay judged recipients one by one: name each refused one with its
+    # reply; recipients with the same reply share a line.
+    groups: dict[tuple[str, str], list[str]] = {}
+    for result in failed:
+        verb = "refused" if result.status == BOUNCED else "deferred"
+        groups.setdefault((verb, result.reply), []).append(f"<{result.address}>")
+    for (verb, reply), names in groups.items():
+        shown = ", ".join(names[:_NAMES_SHOWN])
+        if len(names) > _NAMES_SHOWN:
+            shown += f" and {len(names) - _NAMES_SHOWN} more"
+        _stderr(io, f"{prog}: {shown}: {verb} by {report.relay}: {reply or 'no reply'}")
+    return status
+
+
+#: How many recipients one stderr line names before it says "and N more".
+_NAMES_SHOWN = 10
+
+
+def _session_failure(status: int, relay: str, err: "errors.PysendmailError") -> str:
+    """One line that says why nothing was sent and what to do about it."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    if status == errors.EX_NOPERM:
+        return (
+            f"not sent: {relay}: {reason}; check the user and password of this [[relay]]"
+            " in the configuration"
+        )
+    if status == errors.EX_CONFIG:
+        return f"not sent: {reason}"
+    if status == errors.EX_TEMPFAIL:
+        return f"not sent, try again later: {reason}"
+    return f"not sent: {relay}: {reason}"
 
 
 def _stderr(io: "Streams", line: str) -> None:

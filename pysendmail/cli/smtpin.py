@@ -12,6 +12,18 @@ DATA in SMTP: when the relay refuses only some, the reply is 250 and its text
 names the refused recipients (each is also logged), because a 4xx/5xx would make
 the client send the message again to those who already have it.
 
+Addresses are checked when they arrive: a MAIL or RCPT path that is not one
+RFC 5321 mailbox (or a bare local name) gets 553 at once, so one bad recipient
+never fails the whole message at DATA. Parameters other than those announced
+(SIZE, BODY, SMTPUTF8 on MAIL; none on RCPT) get 555, and a SIZE above the
+limit 552, as Postfix answers.
+
+The DATA ends only at ``CRLF . CRLF``: a "." line ended by a bare LF, or a "."
+that merely starts a read chunk inside a long line, is message content. A
+looser rule would let text inside one message end it early and have its rest
+read as SMTP commands (the "SMTP smuggling" of CVE-2023-51764), and a local
+program may be passing on mail written by someone else.
+
 It never reads more than a bounded line (1000 octets for commands) into memory,
 and the DATA is spooled to an anonymous file, never held whole in memory.
 """
@@ -26,9 +38,14 @@ if TYPE_CHECKING:
     from pysendmail.cli import Streams
     from pysendmail.cli.argv import Invocation
     from pysendmail.config import Settings
+    from pysendmail.message.intake import IntakeOptions
 
 MAX_COMMAND = 1000  # RFC 5321 4.5.3.1.4: 512 octets, with room for ESMTP parameters
 MAX_RECIPIENTS = 1000
+#: How much of a DATA line is read at a time (a longer line arrives in pieces).
+DATA_CHUNK = 65536
+#: The MAIL parameters that the EHLO reply announces (RFC 1870, 6152, 6531).
+_MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8")
 
 
 class _Session:
@@ -39,6 +56,7 @@ class _Session:
         self.out = getattr(io.stdout, "buffer", None)
         self.reset()
         self.helo: str | None = None
+        self._options: IntakeOptions | None = None
 
     def reset(self) -> None:
         self.sender: str | None = None
@@ -52,6 +70,14 @@ class _Session:
         else:
             self.io.stdout.write(text + "\r\n")
             self.io.stdout.flush()
+
+    def options(self) -> IntakeOptions:
+        """The intake options of this session (aliases loaded once), for checking recipients."""
+        if self._options is None:
+            from pysendmail.cli import sendmail
+
+            self._options = sendmail.intake_options(self.inv, self.settings, self.io)
+        return self._options
 
     def readline(self) -> bytes | None:
         line = self.io.stdin.readline(MAX_COMMAND + 2)
@@ -76,6 +102,57 @@ def _path_arg(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     if end < 0:
         return None
     return rest[1:end], rest[end + 1 :].split()
+
+
+def _check_sender(path: str) -> str | None:
+    """Why ``path`` cannot be a MAIL FROM path (None: it can); ``""`` is the null sender."""
+    from pysendmail.message.addresses import check_local_part, check_mailbox, split_address
+
+    if not path:
+        return None
+    try:
+        if split_address(path)[1] is None:
+            check_local_part(path)  # a bare name, qualified by the intake
+        else:
+            check_mailbox(path)
+    except errors.PysendmailError as exc:
+        return str(exc)
+    return None
+
+
+def _check_recipient(s: _Session, path: str) -> str | None:
+    """Why ``path`` cannot be a RCPT TO path (None: it can), after aliases and qualification."""
+    from pysendmail.message.addresses import parse_address_list
+    from pysendmail.message.intake import resolve_recipient
+
+    try:
+        if parse_address_list(path) != [path]:
+            return f"<{path}> is not one address"
+        resolve_recipient(path, s.options())
+    except errors.PysendmailError as exc:
+        return str(exc)
+    return None
+
+
+def _mail_params_problem(params: list[str], max_size: int) -> str | None:
+    """The reply for MAIL parameters we did not announce or cannot take; None when fine."""
+    for param in params:
+        key, _, value = param.partition("=")
+        key = key.upper()
+        if key not in _MAIL_PARAMS:
+            return f"555 5.5.4 unsupported parameter {param[:40]}"
+        if key == "SIZE":
+            if not value.isdigit() or len(value) > 20:
+                return "501 5.5.4 SIZE needs a number"
+            if max_size and int(value) > max_size:
+                return f"552 5.3.4 the message is larger than {max_size} octets"
+        elif key == "BODY" and value.upper() not in ("7BIT", "8BITMIME"):
+            return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:400]
 
 
 def serve_stdio(inv: Invocation, io: Streams) -> int:
@@ -117,6 +194,10 @@ def serve_stdio(inv: Invocation, io: Streams) -> int:
                 s.reply("503 5.5.1 nested MAIL command")
             elif parsed is None:
                 s.reply("501 5.5.4 syntax: MAIL FROM:<address>")
+            elif (problem := _mail_params_problem(parsed[1], max_size)) is not None:
+                s.reply(problem)
+            elif (why := _check_sender(parsed[0])) is not None:
+                s.reply(f"553 5.1.7 {_one_line(why)}")
             else:
                 s.sender = parsed[0]
                 s.reply("250 2.1.0 sender ok")
@@ -126,8 +207,12 @@ def serve_stdio(inv: Invocation, io: Streams) -> int:
                 s.reply("503 5.5.1 need MAIL first")
             elif parsed is None or not parsed[0]:
                 s.reply("501 5.5.4 syntax: RCPT TO:<address>")
+            elif parsed[1]:
+                s.reply(f"555 5.5.4 unsupported parameter {parsed[1][0][:40]}")
             elif len(s.recipients) >= MAX_RECIPIENTS:
                 s.reply("452 4.5.3 too many recipients")
+            elif (why := _check_recipient(s, parsed[0])) is not None:
+                s.reply(f"553 5.1.3 {_one_line(why)}")
             else:
                 s.recipients.append(parsed[0])
                 s.reply("250 2.1.5 recipient ok")
@@ -153,17 +238,30 @@ def serve_stdio(inv: Invocation, io: Streams) -> int:
 
 
 def _read_data(s: _Session, spool: IO[bytes]) -> bool:
-    """Copy DATA lines (un-dot-stuffed) into ``spool``; False when the input ended early."""
+    """Copy DATA lines (un-dot-stuffed) into ``spool``; False when the input ended early.
+
+    Only a line that starts after a CRLF and is exactly ``.`` CRLF ends the
+    data, and only a dot at the start of a line is unstuffed: a long line comes
+    in several reads, and a read that starts inside a line is plain content.
+    """
     stdin = s.io.stdin
+    at_line_start = True
+    after_crlf = True  # the CRLF that ended the DATA command
+    pending_cr = False  # the last read ended in CR: its LF may start the next one
     while True:
-        line = stdin.readline(65536)
+        line = stdin.readline(DATA_CHUNK)
         if not line:
             return False
-        if line in (b".\r\n", b".\n"):
-            return True
-        if line.startswith(b"."):
-            line = line[1:]
+        if at_line_start and line[:1] == b".":
+            if line == b".\r\n" and after_crlf:
+                return True
+            if line not in (b".\r\n", b".\n"):
+                line = line[1:]
         spool.write(line)
+        at_line_start = line.endswith(b"\n")
+        if at_line_start:
+            after_crlf = line.endswith(b"\r\n") or (line == b"\n" and pending_cr)
+        pending_cr = line.endswith(b"\r")
 
 
 def _data(s: _Session) -> str:
