@@ -26,9 +26,10 @@ poked. The admin tools use ``hold``, ``release``, ``requeue``, ``flush`` and
 Queue ids come from ``pysendmail.message.intake.make_queue_id`` (time-sortable,
 ``[0-9A-Z]``); any 1 to 64 of ``[A-Za-z0-9_-]`` is accepted.
 
-The modules: ``spool`` (layout, commit, claim, state files, admin moves),
-``state`` (the per-recipient delivery state), ``pickup`` (the maildrop check),
-``setup`` (``pysendmail queue init``).
+The modules: ``spool`` (layout, commit, claim, state files), ``state`` (the
+per-recipient delivery state), ``pickup`` (the maildrop check), ``admin``
+(hold, release, requeue, flush, delete), ``trigger`` (waking a watching
+runner), ``setup`` (``pysendmail queue init``).
 
 What this package must never do: acknowledge a message that is not durable,
 hand one message to two runners at once, let a user other than the queue
@@ -42,7 +43,9 @@ checking type, links, size, completeness and submitter; queue files are 0600
 in folders of 0700.
 """
 
-from pysendmail.queue.spool import Claim, NoSuchMessage, Pending, Queue, Trigger, check_id
+from pysendmail.queue.commit import Pending
+from pysendmail.queue.spool import Claim, NoSuchMessage, Queue, check_id
+from pysendmail.queue.trigger import Trigger
 
 __all__ = [
     "Claim",

@@ -43,7 +43,8 @@ import stat
 import time
 
 from pysendmail.errors import DataError, IOFailure
-from pysendmail.queue.spool import FILE_MODE, MESSAGE_FOLDERS, Queue, _unlink_quietly, fsync_dir
+from pysendmail.queue.commit import fsync_dir, unlink_quietly
+from pysendmail.queue.spool import FILE_MODE, MESSAGE_FOLDERS, Queue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def _one(
 def _remove(path: str, result: PickupResult) -> PickupResult:
     # Only the maildrop name goes: a link's target and a hard link's other
     # names are untouched.
-    _unlink_quietly(path)
+    unlink_quietly(path)
     return result
 
 
@@ -303,7 +304,7 @@ def _copy(queue: Queue, fd: int, env: "Envelope", name: str, original: str) -> N
             os.close(out)
         os.rename(part, ready)
     except BaseException:
-        _unlink_quietly(part)
+        unlink_quietly(part)
         raise
     fsync_dir(queue.dir("tmp"))
     os.unlink(original)

@@ -25,14 +25,13 @@ or block on a FIFO; let two runners hold the same message; speak SMTP.
 
 SECURITY: every file under the root is read as hostile input (a maildrop file
 comes from any local user, and a queue file could be damaged). Files are
-opened with ``O_NOFOLLOW`` and checked with ``fstat``; queue and state files
+opened with ``ONOFOLLOW`` and checked with ``fstat``; queue and state files
 are created 0600, directories 0700, so nobody but the owner reads a message.
 The module imports only ``os``, ``errno``, ``stat``, ``time``, ``io`` and the
 project's hot-path modules at run time: ``sendmail`` imports it on every call.
 """
 
 import errno
-import io
 import os
 import stat
 import time
@@ -41,10 +40,19 @@ from pysendmail.errors import (
     EX_NOINPUT,
     CantCreateError,
     DataError,
-    IOFailure,
     PermissionDeniedError,
     PysendmailError,
-    TemporaryFailure,
+)
+from pysendmail.queue.commit import (
+    CLOEXEC,
+    CREATE,
+    NOFOLLOW,
+    Pending,
+    close_quietly,
+    fsync_dir,
+    link_or_rename,
+    strerror,
+    unlink_quietly,
 )
 
 TYPE_CHECKING = False
@@ -54,6 +62,7 @@ if TYPE_CHECKING:
     from pysendmail.message.envelope import Envelope
     from pysendmail.queue.pickup import PickupResult
     from pysendmail.queue.state import State
+    from pysendmail.queue.trigger import Trigger
 
 FOLDERS = ("tmp", "queue", "state", "hold", "failed", "maildrop")
 #: Where a message can be, in the order ``locate`` looks.
@@ -68,18 +77,8 @@ TRIGGER_MODE = 0o622
 FILE_MODE = 0o600
 MAILDROP_FILE_MODE = 0o640  # group (the maildrop's) may read: that is the runner
 
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-_READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
-_WRITE_BUFFER = 65536
-
-
-def _strerror(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+_READ = os.O_RDONLY | NOFOLLOW | CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
 
 def check_id(queue_id: str) -> str:
@@ -87,15 +86,6 @@ def check_id(queue_id: str) -> str:
     from pysendmail.message.envelope import check_queue_id
 
     return check_queue_id(queue_id)
-
-
-def fsync_dir(path: str) -> None:
-    """Make the entries of directory ``path`` durable (after a link, rename or unlink)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class NoSuchMessage(PysendmailError):
@@ -106,209 +96,6 @@ class NoSuchMessage(PysendmailError):
     def __init__(self, queue_id: str) -> None:
         super().__init__(f"{queue_id}: no such queue id")
         self.queue_id = queue_id
-
-
-class Pending:
-    """A message being written: ``file`` is where the intake writes prelude and message.
-
-    Use it as a context manager: leaving the block without ``commit()`` (an
-    exception, a signal that raises) removes the temporary file. ``committing``
-    turns true when ``commit()`` starts and ``aborting`` when ``abort()`` does,
-    so a signal handler can tell that it must let them finish.
-
-    In the maildrop, the file is created and renamed relative to a descriptor
-    of the maildrop folder opened with ``O_NOFOLLOW``: root's ``sendmail``
-    writes there too, and must not be led elsewhere by a queue owner who
-    swapped the folder for a symbolic link.
-    """
-
-    __slots__ = (
-        "aborting",
-        "committed",
-        "committing",
-        "dir_fd",
-        "file",
-        "final",
-        "maildrop",
-        "path",
-        "queue",
-        "queue_id",
-    )
-
-    def __init__(
-        self,
-        queue: "Queue",
-        queue_id: str,
-        path: str,
-        final: str,
-        fd: int,
-        dir_fd: "int | None" = None,
-    ) -> None:
-        self.dir_fd = dir_fd
-        self.queue = queue
-        self.queue_id = queue_id
-        self.path = path
-        self.final = final
-        self.maildrop = dir_fd is not None
-        self.committed = False
-        self.committing = False
-        self.aborting = False
-        try:
-            self.file: BinaryIO = os.fdopen(fd, "w+b", buffering=_WRITE_BUFFER)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def __enter__(self) -> "Pending":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.committed:
-            self.abort()
-
-    def abort(self) -> None:
-        """Close and remove the temporary file; the message was not queued."""
-        if self.committed:
-            return
-        self.aborting = True
-        _close_quietly(self.file)  # a failed flush of what we throw away anyway
-        self._unlink(self.path)
-        self._close_dir()
-
-    def _unlink(self, path: str) -> None:
-        _unlink_quietly(path, self.dir_fd)
-
-    def _close_dir(self) -> None:
-        if self.dir_fd is not None:
-            fd, self.dir_fd = self.dir_fd, None
-            os.close(fd)
-
-    def commit(self) -> str:
-        """Make the message durable and visible to a runner; return the path it now has.
-
-        Raises ``TemporaryFailure`` when the disk is full, ``CantCreateError``
-        when the queue id is taken, ``IOFailure`` for any other failure or a
-        file the intake did not finish; in every case nothing is left behind.
-        """
-        self.committing = True
-        where = os.path.dirname(self.final)
-        linked = False
-        try:
-            f = self.file
-            f.flush()
-            fd = f.fileno()
-            self._check_complete(fd)
-            os.fsync(fd)
-            if self.dir_fd is not None:
-                os.rename(
-                    os.path.basename(self.path),
-                    os.path.basename(self.final),
-                    src_dir_fd=self.dir_fd,
-                    dst_dir_fd=self.dir_fd,
-                )
-                linked = True
-                self._sync_maildrop(fd, self.dir_fd)
-            else:
-                linked = _link_or_rename(self.path, self.final)
-                fsync_dir(where)
-            f.close()
-        except OSError as exc:
-            if linked:
-                self._unlink(self.final)
-            self.abort()
-            if exc.errno in _NO_SPACE:
-                raise TemporaryFailure(
-                    f"{where}: {_strerror(exc)}; nothing was queued, try again later"
-                ) from None
-            if exc.errno == errno.EEXIST:
-                raise CantCreateError(
-                    f"{self.final}: queue id {self.queue_id} is already in use; nothing was queued"
-                ) from None
-            raise IOFailure(
-                f"{exc.filename or where}: {_strerror(exc)}; nothing was queued"
-            ) from None
-        except BaseException:
-            if linked:
-                self._unlink(self.final)
-            self.abort()
-            raise
-        self.committed = True
-        self._close_dir()
-        self.queue.poke()
-        return self.final
-
-    def _check_complete(self, fd: int) -> None:
-        # The envelope records the message size once the intake has seen the
-        # end of input; a file of any other size is not finished and must not
-        # be acknowledged. This also proves that whatever is queued parses.
-        from pysendmail.message.envelope import MAX_PRELUDE, Envelope
-
-        head = os.pread(fd, MAX_PRELUDE, 0)
-        try:
-            env = Envelope.from_file(io.BytesIO(head))
-        except DataError as exc:
-            raise IOFailure(
-                f"{self.path}: the spool file is not a complete message: {exc}"
-            ) from None
-        actual = os.fstat(fd).st_size
-        expected = env.message_offset + env.size
-        if env.queue_id != self.queue_id or actual != expected:
-            raise IOFailure(
-                f"{self.path}: the spool file is not complete (id {env.queue_id},"
-                f" {actual} octets where the envelope says {expected}); nothing was queued"
-            )
-
-    def _sync_maildrop(self, fd: int, dir_fd: int) -> None:
-        # A user who is not the queue owner cannot open the maildrop (mode 3733
-        # has no read bit for them) and so cannot fsync it. The rename changed
-        # the file's ctime, so a second fsync of the file must commit a journal
-        # transaction, and on ext4 and XFS that transaction also holds the
-        # directory change made before it. Root and the owner fsync the folder.
-        try:
-            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC, dir_fd=dir_fd)
-        except PermissionError:
-            os.fsync(fd)
-            return
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _link_or_rename(src: str, dst: str) -> bool:
-    """Move ``src`` to ``dst`` without ever replacing ``dst``; True once ``dst`` exists."""
-    try:
-        os.link(src, dst)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        # A file system without hard links: rename, after checking by hand.
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-        os.rename(src, dst)
-        return True
-    _unlink_quietly(src)
-    return True
-
-
-def _unlink_quietly(path: str, dir_fd: "int | None" = None) -> bool:
-    """Remove ``path`` (its base name in ``dir_fd`` when given); False if it could not be."""
-    try:
-        if dir_fd is None:
-            os.unlink(path)
-        else:
-            os.unlink(os.path.basename(path), dir_fd=dir_fd)
-    except OSError:
-        return False
-    return True
-
-
-def _close_quietly(f: "BinaryIO") -> None:
-    # contextlib.suppress would cost the hot path an import of contextlib.
-    try:
-        f.close()
-    except OSError:
-        return
 
 
 class Claim:
@@ -365,20 +152,20 @@ class Claim:
             pass
         finally:
             self.release()
-        _unlink_quietly(q.path("state", self.queue_id))
+        unlink_quietly(q.path("state", self.queue_id))
 
     def fail(self) -> None:
         """Give up: move the message to ``failed/`` (its state stays, for inspection)."""
         q = self.queue
         try:
-            _link_or_rename(self.path, q.path("failed", self.queue_id))
+            link_or_rename(self.path, q.path("failed", self.queue_id))
             fsync_dir(q.dir("failed"))
         finally:
             self.release()
 
     def release(self) -> None:
         """Unlock without changing anything (the message stays queued)."""
-        _close_quietly(self.file)
+        close_quietly(self.file)
 
 
 class Queue:
@@ -417,7 +204,7 @@ class Queue:
             owner = self._create_personal(euid)
         except OSError as exc:
             raise CantCreateError(
-                f"{self.dir('queue')}: {_strerror(exc)}; run `pysendmail queue init` as root"
+                f"{self.dir('queue')}: {strerror(exc)}; run `pysendmail queue init` as root"
             ) from None
         dir_fd = None
         if owner == euid:
@@ -431,9 +218,9 @@ class Queue:
             dir_fd = self._maildrop_fd()
         try:
             if dir_fd is None:
-                fd = os.open(path, _CREATE, mode)
+                fd = os.open(path, CREATE, mode)
             else:
-                fd = os.open(os.path.basename(path), _CREATE, mode, dir_fd=dir_fd)
+                fd = os.open(os.path.basename(path), CREATE, mode, dir_fd=dir_fd)
         except OSError as exc:
             if dir_fd is not None:
                 os.close(dir_fd)
@@ -446,7 +233,7 @@ class Queue:
                 else "check the disk and try again"
             )
             raise CantCreateError(
-                f"cannot create a file in {where}: {_strerror(exc)}; {hint}"
+                f"cannot create a file in {where}: {strerror(exc)}; {hint}"
             ) from None
         try:
             if dir_fd is not None:
@@ -454,7 +241,7 @@ class Queue:
                 os.fchmod(fd, mode)
             return Pending(self, queue_id, path, final, fd, dir_fd)
         except BaseException:
-            _unlink_quietly(path, dir_fd)
+            unlink_quietly(path, dir_fd)
             if dir_fd is not None:
                 os.close(dir_fd)
             raise
@@ -463,9 +250,9 @@ class Queue:
         """The maildrop folder, opened without following a link (``O_PATH``: no read bit needed)."""
         path = self.dir("maildrop")
         try:
-            return os.open(path, _O_PATH | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
+            return os.open(path, _O_PATH | os.O_DIRECTORY | NOFOLLOW | CLOEXEC)
         except OSError as exc:
-            what = "not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else _strerror(exc)
+            what = "not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else strerror(exc)
             raise CantCreateError(
                 f"cannot create a file in {path}: {what}; run `pysendmail queue init` as root"
             ) from None
@@ -495,7 +282,7 @@ class Queue:
         """Wake a runner that watches the trigger FIFO; False when none listens. Never blocks."""
         try:
             fd = os.open(
-                os.path.join(self.root, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+                os.path.join(self.root, TRIGGER), os.O_WRONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC
             )
         except OSError:
             return False  # no FIFO, or nobody reading it (ENXIO): nothing to wake
@@ -511,6 +298,8 @@ class Queue:
 
     def watch(self) -> "Trigger":
         """Open the trigger FIFO for a runner that waits to be poked (``queue run --watch``)."""
+        from pysendmail.queue.trigger import Trigger
+
         return Trigger(os.path.join(self.root, TRIGGER))
 
     # ------------------------------------------------------------------ setup
@@ -663,7 +452,7 @@ class Queue:
             raise DataError(f"state of {state.queue_id} cannot be saved as {queue_id}")
         data = state.to_bytes()
         tmp = self.path("tmp", f"{queue_id}.state.{os.getpid()}.{os.urandom(4).hex()}")
-        fd = os.open(tmp, _CREATE, FILE_MODE)
+        fd = os.open(tmp, CREATE, FILE_MODE)
         try:
             view = memoryview(data)
             while view:
@@ -672,7 +461,7 @@ class Queue:
                 os.fsync(fd)
             os.rename(tmp, self.path("state", queue_id))
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         finally:
             os.close(fd)
@@ -707,7 +496,7 @@ class Queue:
                     raise DataError(f"the envelope names the queue id {env.queue_id}")
                 state = self.state_of(queue_id, env)
             except DataError as exc:
-                _link_or_rename(self.path("queue", queue_id), self.path("failed", queue_id))
+                link_or_rename(self.path("queue", queue_id), self.path("failed", queue_id))
                 fsync_dir(self.dir("failed"))
                 raise DataError(f"{queue_id}: moved to failed/: {exc}") from None
         except BaseException:
@@ -748,96 +537,37 @@ class Queue:
                 os.close(fd)
 
     # ------------------------------------------------------------------ admin
+    # The admin tools' moves live in admin.py; these names are the API.
 
     def hold(self, queue_id: str) -> str:
         """Put a queued message on hold; return what was done, for the admin."""
-        return self._move(queue_id, "hold")
+        from pysendmail.queue import admin
+
+        return admin.move(self, queue_id, "hold")
 
     def release(self, queue_id: str) -> str:
         """Put a held message back in the queue, due at once."""
-        return self._move(queue_id, "queue")
+        from pysendmail.queue import admin
+
+        return admin.move(self, queue_id, "queue")
 
     def requeue(self, queue_id: str) -> str:
         """Retry a message from ``failed/`` (or any message) at once, with a new lifetime."""
-        return self._move(queue_id, "queue", requeue=True)
+        from pysendmail.queue import admin
+
+        return admin.move(self, queue_id, "queue", requeue=True)
 
     def flush(self, queue_id: str, now: "float | None" = None) -> str:
         """Make every pending recipient of a queued message due now."""
-        folder = self.locate(queue_id)
-        if folder is None:
-            raise NoSuchMessage(queue_id)
-        if folder != "queue":
-            return f"{queue_id}: not flushed: it is in {folder}/ (release or requeue it first)"
-        f = self._lock(self.path(folder, queue_id))
-        if f is None:
-            return f"{queue_id}: being delivered now"
-        with f:
-            state = self._state_for(f, queue_id)
-            if state.make_due(time.time() if now is None else now):
-                self.write_state(queue_id, state)
-        return f"{queue_id}: due now"
+        from pysendmail.queue import admin
+
+        return admin.flush(self, queue_id, now)
 
     def delete(self, queue_id: str) -> str:
         """Remove a message from whichever folder holds it, and its state."""
-        folder = self.locate(queue_id)
-        if folder is None:
-            raise NoSuchMessage(queue_id)
-        path = self.path(folder, queue_id)
-        f = self._lock(path)
-        if f is None:
-            if os.path.lexists(path):
-                raise TemporaryFailure(
-                    f"{queue_id} is being delivered right now; try again in a moment"
-                )
-            raise NoSuchMessage(queue_id)
-        with f:
-            os.unlink(path)
-            fsync_dir(self.dir(folder))
-        _unlink_quietly(self.path("state", queue_id))
-        return f"{queue_id}: deleted"
+        from pysendmail.queue import admin
 
-    def _move(self, queue_id: str, dest: str, *, requeue: bool = False) -> str:
-        folder = self.locate(queue_id)
-        if folder is None:
-            raise NoSuchMessage(queue_id)
-        path = self.path(folder, queue_id)
-        if folder == dest and not requeue:
-            return f"{queue_id}: already in {dest}/"
-        if dest == "hold" and folder == "failed":
-            return f"{queue_id}: not held: it is in failed/ (requeue or delete it)"
-        f = self._lock(path)
-        if f is None:
-            if os.path.lexists(path):
-                raise TemporaryFailure(
-                    f"{queue_id} is being delivered right now; try again in a moment"
-                )
-            raise NoSuchMessage(queue_id)
-        with f:
-            now = time.time()
-            if dest == "queue":
-                state = self._state_for(f, queue_id)
-                if requeue:
-                    state.requeue(now)
-                else:
-                    state.make_due(now)
-                self.write_state(queue_id, state)
-            if folder != dest:
-                _link_or_rename(path, self.path(dest, queue_id))
-                fsync_dir(self.dir(dest))
-        if dest == "queue":
-            self.poke()
-        if dest == "hold":
-            return f"{queue_id}: placed on hold"
-        if requeue:
-            return f"{queue_id}: requeued"
-        return f"{queue_id}: released from hold"
-
-    def _state_for(self, f: "BinaryIO", queue_id: str) -> "State":
-        from pysendmail.message.envelope import Envelope
-
-        f.seek(0)
-        env = Envelope.from_file(f)
-        return self.state_of(queue_id, env)
+        return admin.delete(self, queue_id)
 
     # ------------------------------------------------------------------ runner side
 
@@ -890,41 +620,3 @@ class Queue:
 
     def _has_message(self, name: str) -> bool:
         return any(os.path.lexists(self.path(folder, name)) for folder in MESSAGE_FOLDERS)
-
-
-class Trigger:
-    """The reading end of the trigger FIFO, for a runner that waits to be poked."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, path: str) -> None:
-        # O_RDWR keeps a writer open ourselves: the FIFO never reports end of
-        # file, and pokers never see ENXIO while we watch.
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise CantCreateError(f"{path}: not a FIFO; run `pysendmail queue init`")
-        self.fd = fd
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a poke; True if poked (all pokes are consumed)."""
-        import select
-
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if not ready:
-            return False
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        return True
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self) -> "Trigger":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
