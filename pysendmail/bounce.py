@@ -200,7 +200,8 @@ def _remote_host(remote_mta: str | None) -> str | None:
     return host or None
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A rough duration for people: "90 seconds", "45 minutes", "30 hours", "5 days"."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds} seconds"
@@ -238,7 +239,7 @@ def human_text(
         if failure.expired:
             since = now - envelope.arrival
             head = (
-                f"{who}: not delivered in {_duration(since)} (tried {tries}); "
+                f"{who}: not delivered in {duration_text(since)} (tried {tries}); "
                 "the queue gave up. The last attempt"
             )
             head += f" through {host} ended with:" if host else " ended with:"

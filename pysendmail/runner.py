@@ -31,10 +31,17 @@ due. One run:
    "given up, and kept for inspection").
 
 Verdicts: the relay judges each recipient sent, bounced (5xx) or deferred.
-The runner overrides one thing: errors that say the *site* is misconfigured
-rather than that the *message* is refused (authentication, TLS, a required
-extension missing, our own configuration) defer instead of bouncing, so that
-fixing a password does not leave a trail of bounced mail.
+The runner overrides one thing: an error that says the *smarthost* cannot
+take mail from us now, rather than that the *message* is refused, defers
+instead of bouncing. That is any error while the session was being opened
+(connect, greeting, even a 554 one, EHLO, STARTTLS, AUTH: ``SessionRelay``
+marks them; Postfix's ``smtp_skip_5xx_greeting`` does the same) and, at any
+point, authentication, TLS, a missing required extension or our own
+configuration: fixing a password must not leave a trail of bounced mail.
+A route that could not be opened is not tried again in the same run; the
+rest of its messages are deferred at once ("delivery temporarily
+suspended"), so a dead smarthost costs one timeout per run, not one per
+message.
 
 What it must never do: send to a recipient whose state says sent; send a
 message it has not claimed; hold the claim's lock across anything but one
@@ -61,9 +68,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from pysendmail import errors
-from pysendmail.bounce import Failure, write_bounce
+from pysendmail.bounce import Failure, duration_text, write_bounce
 from pysendmail.log import Logger, delivery_fields, printable
-from pysendmail.queue.spool import Claim, Queue, Trigger
+from pysendmail.queue import Claim, Queue, Trigger, make_queue_id
 from pysendmail.queue.state import RecipientState, State
 from pysendmail.relay import (
     BOUNCED,
@@ -75,13 +82,13 @@ from pysendmail.relay import (
     RelayConfig,
     routes_for,
 )
-from pysendmail.smtp import SMTP
 
 if TYPE_CHECKING:
     from pysendmail.cli import Streams
     from pysendmail.config import Settings
     from pysendmail.config.settings import Relay as RelaySettings
     from pysendmail.message.envelope import Envelope
+    from pysendmail.smtp import SMTP
 
 #: A worker (one more connection) is started for each this many due messages,
 #: up to ``queue.connections``: a new connection only pays for itself when it
@@ -438,7 +445,7 @@ class Runner:
             claim = self.queue.claim(queue_id)
         except (OSError, errors.PysendmailError) as exc:
             summary.problems += 1
-            self._line(queue_id, f"cannot read the queue file, left in place: {exc}", "error")
+            self._line(queue_id, f"cannot take the message: {exc}", "error")
             return
         if claim is None:
             summary.busy += 1
@@ -452,6 +459,14 @@ class Runner:
             except (OSError, errors.PysendmailError) as exc:
                 summary.problems += 1
                 self._line(queue_id, f"delivery stopped, left in the queue: {exc}", "error")
+            except Exception as exc:
+                # A bug of ours must not stop the whole queue at one message.
+                summary.problems += 1
+                self._line(
+                    queue_id,
+                    f"internal error, left in the queue: {type(exc).__name__}: {exc}",
+                    "error",
+                )
 
     # -- one message ---------------------------------------------------------
 
@@ -510,6 +525,12 @@ class Runner:
             report = DeliveryReport(time.monotonic())
             report.error = exc
             report.recipients = [RecipientResult(a, DEFERRED, str(exc)) for a in pending]
+        except Exception as exc:
+            # Not a verdict on the message: retried (and bounced only when its
+            # lifetime ends) rather than left to stop every later run here.
+            report = DeliveryReport(time.monotonic())
+            text = f"internal error: {type(exc).__name__}: {exc}"
+            report.recipients = [RecipientResult(a, DEFERRED, text) for a in pending]
         opening = failed_while_opening(report.error)
         if opening or isinstance(report.error, _SITE_ERRORS):
             for result in report.recipients:
@@ -592,12 +613,12 @@ class Runner:
         if expired:
             summary.deferred -= len(expired)
             summary.bounced += len(expired)
-            days = self.settings.queue.lifetime / 86400
+            lifetime = duration_text(self.settings.queue.lifetime)
             self._event(
                 envelope.queue_id,
                 "warning",
                 **{"from": f"<{envelope.sender}>"},
-                status=f"expired after {days:g} days, returned to sender",
+                status=f"expired (not delivered within the queue lifetime of {lifetime})",
             )
 
     # -- bounces and the end of a message ------------------------------------
@@ -639,7 +660,7 @@ class Runner:
             self._line(
                 qid,
                 "undeliverable mail from the null sender is not bounced (a bounce never "
-                "bounces); kept in failed/",
+                "bounces); it is kept in failed/ once no recipient is pending",
                 "warning",
             )
             return None
@@ -696,8 +717,6 @@ class Runner:
         if not failures:
             self._line(envelope.queue_id, "no non-delivery notification: the sender asked for none")
             return None
-        from pysendmail.message.intake import make_queue_id
-
         settings = self.settings
         bounce_id = make_queue_id()
         with self.queue.begin(bounce_id) as pending:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pysendmail.queue.spool import Queue
+from pysendmail.queue import Queue
 from tests.runner.helpers import Clock
 from tests.runner.smtpd import RecordingServer
 

@@ -11,8 +11,7 @@ from email.message import Message
 from pysendmail.config import Settings, load_settings
 from pysendmail.log import Logger
 from pysendmail.message.envelope import Envelope, Recipient
-from pysendmail.message.intake import make_queue_id
-from pysendmail.queue.spool import Queue
+from pysendmail.queue import Queue, make_queue_id
 from pysendmail.queue.state import State
 from pysendmail.runner import Runner
 

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import IO
 
 from pysendmail.config.settings import settings_to_data
-from pysendmail.queue.spool import Queue
+from pysendmail.queue import Queue
 from pysendmail.queue.state import SENT
 from tests.runner.helpers import enqueue, parse, settings_for
 from tests.runner.smtpd import RecordingServer
@@ -42,16 +42,25 @@ def settings_file(tmp_path: pathlib.Path, port: int, **queue: object) -> pathlib
 
 
 def child(mode: str, path: pathlib.Path, *, piped: bool = False) -> subprocess.Popen[str]:
-    """``python -m tests.runner.child MODE SETTINGS``, with stdin and stdout piped if asked."""
+    """``python -m tests.runner.child MODE SETTINGS``, with stdin and stdout piped if asked.
+
+    Its standard error (the log, and a traceback if it crashed) goes to
+    ``child.log`` next to the settings.
+    """
     pipe = subprocess.PIPE if piped else None
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.runner.child", mode, str(path)],
-        cwd=ROOT,
-        text=True,
-        stdin=pipe,
-        stdout=pipe,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(path.parent / "child.log", "a") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.runner.child", mode, str(path)],
+            cwd=ROOT,
+            text=True,
+            stdin=pipe,
+            stdout=pipe,
+            stderr=err,
+        )
+
+
+def child_log(path: pathlib.Path) -> str:
+    return (path.parent / "child.log").read_text()[-3000:]
 
 
 def body_for(n: int) -> str:
@@ -74,7 +83,7 @@ def test_two_runners_at_once_deliver_each_message_once(tmp_path: pathlib.Path) -
                 arrival=time.time(),
             )
         runners = [child("run", path) for _ in range(2)]
-        assert [p.wait(60) for p in runners] == [0, 0]
+        assert [p.wait(60) for p in runners] == [0, 0], child_log(path)
         received = Counter(parse(m.data)["Subject"] for m in server.messages)
         assert sorted(received) == sorted(subjects)
         assert set(received.values()) == {1}
@@ -186,13 +195,13 @@ class Kills:
         assert pid_line[0] == "pid"
         self.wait_then_kill(int(pid_line[1]), started)
         done = stdout.readline().split()
-        assert done[0] == "done" and done[2] in ("0", "-9"), done
+        assert done[0] == "done" and done[2] in ("0", "-9"), (done, child_log(self.path))
 
     def exec_round(self) -> None:
         proc = child("run", self.path)
         started = time.monotonic()
         self.wait_then_kill(proc.pid, started)
-        assert proc.wait(30) in (0, -signal.SIGKILL)
+        assert proc.wait(30) in (0, -signal.SIGKILL), child_log(self.path)
 
 
 def test_sigkill_at_random_points_loses_nothing_and_duplicates_only_unrecorded(
@@ -228,7 +237,7 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_only_unrecorded(
 
         # Run the queue to completion, undisturbed.
         final = child("run", path)
-        assert final.wait(60) == 0
+        assert final.wait(60) == 0, child_log(path)
         assert queue.ids() == [], [(i, queue.read_state(i)) for i in queue.ids()]
         assert time.monotonic() < deadline
 

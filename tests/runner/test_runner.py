@@ -14,7 +14,7 @@ import pytest
 from pysendmail import errors
 from pysendmail.cli import Streams
 from pysendmail.message.envelope import Recipient
-from pysendmail.queue.spool import Queue
+from pysendmail.queue import Queue
 from pysendmail.relay import BOUNCED, DEFERRED, SENT, DeliveryReport, RecipientResult
 from pysendmail.runner import Runner, backoff, run_queue_main
 from tests.runner.helpers import (
@@ -627,7 +627,7 @@ def test_the_maildrop_is_picked_up_and_delivered_in_the_same_run(
     tmp_path: pathlib.Path, server: RecordingServer, queue: Queue, clock: Clock, log: io.StringIO
 ) -> None:
     from pysendmail.message.envelope import Envelope
-    from pysendmail.message.intake import make_queue_id
+    from pysendmail.queue import make_queue_id
 
     queue_id = make_queue_id()
     data = message_bytes("dropped")
