@@ -98,7 +98,8 @@ def _run(argv: list[str], io: Streams) -> int:
     if action == "init":
         from pysendmail.queue import Queue
 
-        Queue(settings.general.queue_dir).ensure()
+        for change in Queue(settings.general.queue_dir).ensure():
+            io.stdout.write(change + "\n")
         io.stdout.write(f"{settings.general.queue_dir}: queue ready\n")
         return 0
     if action == "list":
