@@ -206,6 +206,26 @@ def test_direct_mode_without_a_relay_is_78(mta: Mta, traffic: Traffic) -> None:
     assert_refused(result, 78, traffic, "relay")
 
 
+def test_an_unreadable_password_file_is_78_and_nothing_is_sent(
+    module_mta: Mta, traffic: Traffic
+) -> None:
+    saved = module_mta.password_file.read_bytes()
+    module_mta.password_file.unlink()
+    try:
+        result = module_mta.run("-i", "a@example.com", stdin=MESSAGE)
+    finally:
+        module_mta.password_file.write_bytes(saved)
+    assert_refused(result, 78, traffic, "password_file", str(module_mta.password_file))
+
+
+def test_a_message_over_max_message_size_is_65(
+    mta: Mta, module_relay: RecordingServer, traffic: Traffic
+) -> None:
+    mta.configure(module_relay, general={"max_message_size": "1K"})
+    result = mta.run("-i", "a@example.com", stdin=b"Subject: big\n\n" + b"y" * 3000 + b"\n")
+    assert_refused(result, 65, traffic, "1024")
+
+
 # --------------------------------------------------------------------------- other modes
 
 
