@@ -146,18 +146,110 @@ def submit_from(
     Returns the envelope and, in direct mode, the relay's report; raises a
     PysendmailError when the message could not be accepted at all.
     """
-    if settings.general.mode == "direct":
+    mode = settings.general.mode
+    if mode in ("direct", "direct-then-queue"):
         with private_spool(io.environ) as spool:
             envelope = receive(inv, io, options, spool)
             spool.flush()
             spool.seek(envelope.message_offset)
-            return envelope, relay_now(inv, io, settings, envelope, spool)
+            if mode == "direct":
+                return envelope, relay_now(inv, io, settings, envelope, spool)
+            report = relay_within(inv, io, settings, envelope, spool)
+            queue_deferred(settings, envelope, report, spool)
+            return envelope, report
     from pysendmail.cli import queuecmd
 
     status = queuecmd.submit(inv, io, settings, options)
     if status != 0:
         raise errors.TemporaryFailure("the message could not be queued")
     return None, None
+
+
+class DirectTimeout(errors.TemporaryFailure):
+    """direct-then-queue: the relay did not finish within general.direct_timeout."""
+
+
+def relay_within(
+    inv: "Invocation",
+    io: "Streams",
+    settings: "Settings",
+    envelope: "Envelope",
+    spool: "BinaryIO",
+) -> "DeliveryReport":
+    """Relay now, but give up after ``general.direct_timeout`` seconds in all.
+
+    A timer signal ends the attempt wherever it is (connect, TLS, a reply), so
+    the bound holds however many round trips remain. Every recipient not yet
+    judged is then deferred, and the caller queues the message for them.
+    """
+    import signal
+    import time
+
+    from pysendmail.relay import DEFERRED, DeliveryReport, RecipientResult
+
+    def expired(signum: int, frame: object) -> None:
+        raise DirectTimeout(f"the relay did not answer within {settings.general.direct_timeout}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, float(settings.general.direct_timeout)))
+    try:
+        return relay_now(inv, io, settings, envelope, spool)
+    except DirectTimeout as exc:
+        report = DeliveryReport(time.monotonic() - float(settings.general.direct_timeout))
+        report.error = exc
+        report.recipients = [
+            RecipientResult(r.address, DEFERRED, str(exc)) for r in envelope.recipients
+        ]
+        return report
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def queue_deferred(
+    settings: "Settings", envelope: "Envelope", report: "DeliveryReport", spool: "BinaryIO"
+) -> None:
+    """Queue the message for the recipients the relay deferred, and only for them.
+
+    Recipients already accepted are left out of the queued envelope, so the
+    runner can never send to them again (queue invariant 3), whatever user
+    submitted the message (the maildrop has no state to record them in).
+    """
+    from pysendmail.message.envelope import Envelope
+    from pysendmail.queue import Queue
+    from pysendmail.relay import DEFERRED
+
+    deferred = {r.address for r in report.recipients if r.status == DEFERRED}
+    if not deferred:
+        return
+    queued = Envelope(
+        queue_id=envelope.queue_id,
+        sender=envelope.sender,
+        recipients=[r for r in envelope.recipients if r.address in deferred],
+        dsn_ret=envelope.dsn_ret,
+        dsn_envid=envelope.dsn_envid,
+        body_type=envelope.body_type,
+        smtputf8=envelope.smtputf8,
+        submitter_uid=envelope.submitter_uid,
+        submitter_login=envelope.submitter_login,
+        arrival=envelope.arrival,
+        size=envelope.size,
+        eightbit=envelope.eightbit,
+    )
+    prelude = queued.to_bytes()
+    with Queue(settings.general.queue_dir).begin(queued.queue_id) as pending:
+        pending.file.write(prelude)
+        spool.seek(envelope.message_offset)
+        while chunk := spool.read(1 << 16):
+            pending.file.write(chunk)
+        pending.commit()
+    for result in report.recipients:
+        if result.status == DEFERRED:
+            result.status = QUEUED
+
+
+#: A recipient that direct-then-queue handed to the queue: success for the caller.
+QUEUED = "queued"
 
 
 def private_spool(environ: "dict[str, str]") -> "BinaryIO":
@@ -230,8 +322,9 @@ def report_status(
             result.status,
             result.reply,
         )
-        log.event(envelope.queue_id, "info" if result.status == SENT else "warning", **fields)
-        if result.status != SENT:
+        ok = result.status in (SENT, QUEUED)
+        log.event(envelope.queue_id, "info" if ok else "warning", **fields)
+        if not ok:
             failed.append(result)
     if not failed:
         return 0
