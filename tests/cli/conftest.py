@@ -17,6 +17,11 @@ directory is read or written::
 
 ``Mta.configure`` takes several relays (failover), ``None`` for a port that
 nobody listens on, per-relay overrides, and ``general`` / ``extra`` TOML.
+
+A new configuration costs one full validation (pydantic) on its first run;
+later runs read the snapshot. So tests that need no special relay share one
+per module: ``module_mta`` configured for ``module_relay``, and ``traffic``,
+which shows only what that relay received during the current test.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fixtures import certificates, scripted_server, smtpd, smtpd_factory
+from tests.support.fixtures import certificates, scripted_server, smtpd_factory
 from tests.support.smtpd import (
     LOOPBACK,
     Certificates,
@@ -51,7 +56,6 @@ __all__ = [
     "mta",
     "relay",
     "scripted_server",
-    "smtpd",
     "smtpd_factory",
     "traffic",
 ]
@@ -59,7 +63,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 _HERE_BIN = Path(sys.executable).parent
 BIN = _HERE_BIN if (_HERE_BIN / "sendmail").exists() else REPO / ".venv" / "bin"
-SENDMAIL = BIN / "sendmail"
 
 CORPUS = Path("/work/shared/compat/corpus")
 if not CORPUS.is_dir():  # the shared tree may also sit next to a checkout
@@ -239,18 +242,6 @@ class Mta:
             proc.stdout,
             proc.stderr.decode("utf-8", "replace"),
             time.monotonic() - started,
-        )
-
-    def popen(self, *argv: str, program: str = "sendmail") -> subprocess.Popen[bytes]:
-        """Start ``program -C CONFIG argv...`` with pipes on all three streams."""
-        words = [str(BIN / program), "-C", str(self.config), *argv]
-        return subprocess.Popen(
-            words,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.env,
-            cwd=self.root,
         )
 
 
