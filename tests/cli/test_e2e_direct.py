@@ -200,6 +200,11 @@ def test_wrong_password_is_77_and_nothing_is_sent(mta: Mta, smtpd_factory: Serve
     assert "535" in text or "auth" in text.lower()
     assert not any(c.startswith("MAIL") for c in relay.commands)
     assert_secret_kept(result)
+    # The -v trace of a refused login shows the refusal, not the password.
+    verbose = mta.run("-v", "-i", "a@example.com", stdin=MESSAGE)
+    assert verbose.returncode == 77, verbose
+    assert "AUTH PLAIN" in verbose.stderr and "535" in verbose.stderr
+    assert_secret_kept(verbose)
 
 
 def test_a_message_over_the_relays_size_limit_is_69_before_mail(
