@@ -99,6 +99,8 @@ MESSAGES_PER_CONNECTION = 4
 WATCH_MAX_WAIT = 60.0
 #: How often a watching runner looks at its stop event while it waits.
 WATCH_SLICE = 0.5
+#: How often a watching runner without a trigger FIFO looks at the queue.
+WATCH_POLL = 5.0
 
 # Errors that say "this site cannot send now" (credentials, TLS, a missing
 # extension, our own configuration), not "this message is refused": they defer.
@@ -759,7 +761,7 @@ class Runner:
                     self._line("runner", str(exc), "error")
                 except (OSError, errors.PysendmailError) as exc:
                     self._line("runner", f"cannot run the queue: {exc}", "error")
-                wait = WATCH_MAX_WAIT
+                wait = WATCH_MAX_WAIT if trigger is not None else WATCH_POLL
                 with contextlib.suppress(OSError, errors.PysendmailError):
                     due = self.next_due()
                     if due is not None:

@@ -4,6 +4,9 @@
 ``pysendmail queue run`` does (``run_queue_main``), with the settings that
 ``SETTINGS`` holds (``settings_to_data``, marshalled), and exits with its status.
 
+``python -m tests.runner.child watch SETTINGS`` is ``pysendmail queue run
+--watch``: it runs until SIGTERM or SIGINT.
+
 ``python -m tests.runner.child forkserver SETTINGS`` imports everything once
 and then, for each ``run`` line on stdin, forks a child that does the same,
 writes ``pid N`` at once and ``done N STATUS`` when it ended (STATUS is
@@ -29,9 +32,9 @@ def load(path: str) -> Settings:
         return settings_from_data(marshal.load(f))
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, watch: bool = False) -> int:
     quiet = Streams(stdin=io.BytesIO(), stdout=io.StringIO(), stderr=sys.stderr, environ={})
-    return run_queue_main(settings, quiet)
+    return run_queue_main(settings, quiet, watch=watch)
 
 
 def forkserver(settings: Settings) -> int:
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> int:
     settings = load(path)
     if mode == "forkserver":
         return forkserver(settings)
-    return run(settings)
+    return run(settings, watch=mode == "watch")
 
 
 if __name__ == "__main__":

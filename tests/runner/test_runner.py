@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import signal
 import threading
 import time
+from collections.abc import Callable
 from email.message import Message
 
 import pytest
@@ -670,3 +672,106 @@ def test_watch_delivers_as_soon_as_a_message_is_committed(
     assert not thread.is_alive()  # stops within a slice of its wait
     assert [parse(m.data)["Subject"] for m in server.messages] == ["poked"]
     assert took < 2  # the commit's poke, not the 60 s fallback
+
+
+def watch_in_thread(run: Runner) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run.watch, args=(stop,))
+    thread.start()
+    return thread, stop
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float) -> float:
+    """Poll ``predicate`` until it holds; return how long that took (or ``seconds``)."""
+    started = time.monotonic()
+    while not predicate() and time.monotonic() - started < seconds:
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_watch_retries_a_deferred_message_when_it_falls_due(
+    tmp_path: pathlib.Path, server: RecordingServer, queue: Queue, log: io.StringIO
+) -> None:
+    s = settings_for(tmp_path, server.port, queue={"retry_min": 1, "retry_max": 60})
+    server.rcpt_replies["bob@example.net"] = "451 4.3.0 try again in a second"
+    watcher = make_runner(s, Clock(), log)
+    watcher.clock = time.time
+    queue_id = enqueue(queue, ["bob@example.net"], subject="due", arrival=time.time())
+    thread, stop = watch_in_thread(watcher)
+    try:
+        wait_for(lambda: os.path.exists(queue.path("state", queue_id)), 5)
+        del server.rcpt_replies["bob@example.net"]
+        took = wait_for(lambda: bool(server.messages), 10)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [parse(m.data)["Subject"] for m in server.messages] == ["due"]
+    assert 0.3 < took < 5  # at its next attempt, about a second later, without a poke
+    assert "tries=2, status=sent" in log.getvalue()
+
+
+def test_watch_without_a_trigger_polls(
+    tmp_path: pathlib.Path,
+    server: RecordingServer,
+    queue: Queue,
+    log: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pysendmail.runner
+
+    monkeypatch.setattr(pysendmail.runner, "WATCH_POLL", 0.2)
+    os.unlink(os.path.join(queue.root, "trigger"))
+    watcher = make_runner(settings_for(tmp_path, server.port), Clock(), log)
+    watcher.clock = time.time
+    thread, stop = watch_in_thread(watcher)
+    try:
+        time.sleep(0.1)
+        enqueue(queue, ["bob@example.net"], subject="polled", arrival=time.time())
+        took = wait_for(lambda: bool(server.messages), 5)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [parse(m.data)["Subject"] for m in server.messages] == ["polled"]
+    assert took < 2
+    assert "no trigger to watch" in log.getvalue()
+
+
+def test_queue_run_watch_stops_cleanly_on_sigterm(
+    tmp_path: pathlib.Path, server: RecordingServer, queue: Queue
+) -> None:
+    from tests.runner.test_processes import child, settings_file
+
+    path = settings_file(tmp_path, server.port)
+    proc = child("watch", path)
+    try:
+        time.sleep(0.5)
+        enqueue(queue, ["bob@example.net"], subject="watched", arrival=time.time())
+        wait_for(lambda: bool(server.messages), 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(10)
+    assert status == 0
+    assert [parse(m.data)["Subject"] for m in server.messages] == ["watched"]
+
+
+def test_parallel_workers_all_stop_when_a_state_cannot_be_written(
+    tmp_path: pathlib.Path,
+    server: RecordingServer,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server.data_delay = 0.02
+    for i in range(16):
+        enqueue(queue, ["bob@example.net"], subject=f"par{i}")
+
+    def full(self: Queue, queue_id: str, state: object, *, sync: bool = True) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Queue, "write_state", full)
+    s = settings_for(tmp_path, server.port, queue={"connections": 4})
+    err = io.StringIO()
+    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    assert status == errors.EX_TEMPFAIL
+    # Each worker sent the message in its hands, and no worker took another.
+    assert 1 <= len(server.messages) <= 4
+    assert len(queue.ids()) == 16
