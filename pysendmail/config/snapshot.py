@@ -193,6 +193,19 @@ def _read_trusted(directory: str, name: str) -> "bytes | None":
         os.close(dfd)
 
 
+def read_cache(dirs: "list[str]", name: str) -> "bytes | None":
+    """The bytes of cache file ``name`` from the first directory where it is trusted, else None.
+
+    Trusted: the directory and the file belong to root or to us and are
+    writable by nobody else, so marshal data in it may be loaded.
+    """
+    for directory in dirs:
+        raw = _read_trusted(directory, name)
+        if raw is not None:
+            return raw
+    return None
+
+
 def read_snapshot(dirs: "list[str]", name: str, key: "tuple[Any, ...]") -> "Settings | None":
     """The settings of the first trusted snapshot whose key matches, else None."""
     for directory in dirs:
