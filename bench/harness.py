@@ -428,7 +428,16 @@ def machine_lines() -> list[str]:
         f"- machine: {os.cpu_count()} cores (nproc), CPU {cpu_model()}, "
         f"{platform.system()} {platform.release()}",
         f"- python: {platform.python_version()} ({sys.executable})",
+        f"- load average at start (1, 5, 15 min): {load_average()} — other work on the "
+        "machine slows both sides of a comparison alike (runs alternate) but widens spreads",
     ]
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them."""
+    with contextlib.suppress(OSError):
+        return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
 
 
 @dataclass
