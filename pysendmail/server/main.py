@@ -230,6 +230,9 @@ class App:
         self.runner_thread: threading.Thread | None = None
         self._stop_requested: asyncio.Event | None = None
         self._reloading = False
+        #: Set once every listener is bound and the runner runs (tests and embedders wait on it).
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _log_line(self, text: str, level: str) -> None:
         self.log.line(text, level)
@@ -238,6 +241,7 @@ class App:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.loop = loop
         loop.set_exception_handler(self._loop_exception)
         self._stop_requested = asyncio.Event()
         try:
@@ -249,6 +253,7 @@ class App:
             self.log.line(f"pysendmail {__version__} serving on {shown}")
             for warning in self.loaded.warnings:
                 self.log.line(warning, "warning")
+            self.ready.set()
             await self._stop_requested.wait()
         finally:
             await self._shutdown()
@@ -330,6 +335,11 @@ class App:
     def request_stop(self) -> None:
         if self._stop_requested is not None:
             self._stop_requested.set()
+
+    def stop_soon(self) -> None:
+        """``request_stop`` from another thread."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.request_stop)
 
     def request_reload(self) -> None:
         if not self._reloading:
