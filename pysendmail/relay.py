@@ -20,47 +20,47 @@ SECURITY: the relay password is fetched only when a session actually
 authenticates, and never logged; the session core redacts AUTH in its trace.
 """
 
-from __future__ import annotations
-
-import fnmatch
 import time
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Protocol
 
 from pysendmail import errors
-from pysendmail.smtp import SMTP, Address
+from pysendmail.smtp.address import Address
+from pysendmail.smtp.client import SMTP
 
+# Direct mode imports this module on every message: no typing, collections or
+# __future__ at run time (see DESIGN.md, Performance), hence quoted annotations.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import IO, Protocol
+
     from pysendmail.message.envelope import Envelope, Recipient
+
+    class RelayConfig(Protocol):
+        """What the relay needs of one ``[[relay]]`` entry (the config snapshot's relay object)."""
+
+        host: str
+        port: int
+        tls: str
+        tls_verify: bool
+        tls_hostname: str | None
+        ca_file: str | None
+        client_cert: str | None
+        client_key: str | None
+        tls_min_version: str | None
+        user: str | None
+        auth: str
+        allow_plaintext_auth: bool
+        connect_timeout: float
+        command_timeout: float
+        data_timeout: float
+        helo: str | None
+        senders: "list[str] | tuple[str, ...]"
+
+    PasswordGetter = Callable[[RelayConfig], "str | None"]
 
 SENT = "sent"
 BOUNCED = "bounced"
 DEFERRED = "deferred"
-
-
-class RelayConfig(Protocol):
-    """What the relay needs of one ``[[relay]]`` entry (the config snapshot's relay object)."""
-
-    host: str
-    port: int
-    tls: str
-    tls_verify: bool
-    tls_hostname: str | None
-    ca_file: str | None
-    client_cert: str | None
-    client_key: str | None
-    tls_min_version: str | None
-    user: str | None
-    auth: str
-    allow_plaintext_auth: bool
-    connect_timeout: float
-    command_timeout: float
-    data_timeout: float
-    helo: str | None
-    senders: list[str]
-
-
-PasswordGetter = Callable[[RelayConfig], "str | None"]
 
 
 class RecipientResult:
@@ -97,26 +97,31 @@ class DeliveryReport:
         return [r for r in self.recipients if r.status == status]
 
 
-def reply_text(response: errors.Reply | None) -> str:
+def reply_text(response: "errors.Reply | None") -> str:
     if response is None:
         return ""
     return errors.err_text(response)
 
 
-def routes_for(sender: str, relays: list[RelayConfig]) -> list[RelayConfig]:
+def routes_for(sender: str, relays: "Sequence[RelayConfig]") -> "list[RelayConfig]":
     """The relays to try for ``sender``, in order: by-sender routes first, else the default ones."""
-    lowered = sender.lower()
-    matching = [
-        r
-        for r in relays
-        if r.senders and any(fnmatch.fnmatchcase(lowered, p.lower()) for p in r.senders)
-    ]
+    matching = []
+    if any(r.senders for r in relays):
+        # fnmatch costs re: only configurations with by-sender routes pay for it.
+        from fnmatch import fnmatchcase
+
+        lowered = sender.lower()
+        matching = [
+            r
+            for r in relays
+            if r.senders and any(fnmatchcase(lowered, p.lower()) for p in r.senders)
+        ]
     if matching:
         return matching
     return [r for r in relays if not r.senders]
 
 
-def _describe(relay: RelayConfig, smtp: SMTP | None = None) -> str:
+def _describe(relay: "RelayConfig", smtp: SMTP | None = None) -> str:
     peer = getattr(smtp, "peer_address", None) if smtp is not None else None
     ip = f"[{peer}]" if peer else ""
     return f"{relay.host}{ip}:{relay.port}"
@@ -146,11 +151,11 @@ class Relay:
 
     def __init__(
         self,
-        relays: list[RelayConfig],
+        relays: "Sequence[RelayConfig]",
         *,
         helo: str,
-        password: PasswordGetter,
-        debug_output: IO[str] | None = None,
+        password: "PasswordGetter",
+        debug_output: "IO[str] | None" = None,
     ) -> None:
         if not relays:
             raise errors.ConfigError("no [[relay]] is configured: nothing to send the mail to")
@@ -162,7 +167,7 @@ class Relay:
 
     # -- sessions --------------------------------------------------------------
 
-    def _open(self, relay: RelayConfig) -> SMTP:
+    def _open(self, relay: "RelayConfig") -> SMTP:
         tls_mode = relay.tls
         smtp = SMTP(
             relay.host,
@@ -188,7 +193,7 @@ class Relay:
         smtp.start(helo=relay.helo or self.helo, user=user, secret=secret, authtype=authtype)
         return smtp
 
-    def _session(self, relay: RelayConfig) -> SMTP:
+    def _session(self, relay: "RelayConfig") -> SMTP:
         key = id(relay)
         smtp = self._sessions.get(key)
         if smtp is not None:
@@ -210,7 +215,7 @@ class Relay:
         for key in list(self._sessions):
             self._drop(key)
 
-    def __enter__(self) -> Relay:
+    def __enter__(self) -> "Relay":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -220,8 +225,8 @@ class Relay:
 
     def send(
         self,
-        envelope: Envelope,
-        message: IO[bytes],
+        envelope: "Envelope",
+        message: "IO[bytes]",
         recipients: list[str] | None = None,
     ) -> DeliveryReport:
         """Send ``message`` (positioned at its first byte) to ``recipients``.
@@ -272,10 +277,10 @@ class Relay:
     def _transaction(
         self,
         smtp: SMTP,
-        envelope: Envelope,
-        by_address: dict[str, Recipient],
+        envelope: "Envelope",
+        by_address: "dict[str, Recipient]",
         wanted: list[str],
-        message: IO[bytes],
+        message: "IO[bytes]",
         report: DeliveryReport,
     ) -> None:
         mail_params: dict[str, str | None] = {}
