@@ -16,6 +16,7 @@ error; ``--strict`` makes it one), 1 when one could not run.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -79,8 +80,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into exceptions, so every sink and child is stopped.
+
+    Python's default SIGTERM ends the process at once, leaving smtp-sink and the
+    measured child running; and a shell that starts us in the background hands us
+    SIGINT ignored. Raising instead runs every ``with`` block's clean-up.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks and print (and optionally write) the report."""
+    stop_on_signals()
     args = parse_args(argv)
     names = args.names or list(BENCHMARKS)
     try:
