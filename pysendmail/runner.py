@@ -79,7 +79,6 @@ from pysendmail.relay import (
     DeliveryReport,
     RecipientResult,
     Relay,
-    RelayConfig,
     routes_for,
 )
 
@@ -88,6 +87,7 @@ if TYPE_CHECKING:
     from pysendmail.config import Settings
     from pysendmail.config.settings import Relay as RelaySettings
     from pysendmail.message.envelope import Envelope
+    from pysendmail.relay import RelayConfig
     from pysendmail.smtp import SMTP
 
 #: A worker (one more connection) is started for each this many due messages,
