@@ -33,7 +33,6 @@ from pathlib import Path
 from tools import ROOT_DIR, Tool
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / ".work"
 LOOPBACK = "127.0.0.1"
 GNU_TIME = ROOT_DIR / "usr/bin/time"
@@ -343,19 +342,23 @@ class Sink:
             if os.geteuid() == 0:
                 args += ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
             args += [*self.extra, f"{LOOPBACK}:{self.port}", "1000"]
-            with open(self._counters, "wb") as out:
+            # Files, not pipes: nobody reads the sink while it runs, and a full pipe
+            # would stall it.
+            with open(self._counters, "wb") as out, tempfile.TemporaryFile() as err:
                 self._proc = subprocess.Popen(
                     self.tool.argv(*args),
                     env=self.tool.env(),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=subprocess.PIPE,
+                    stderr=err,
                     start_new_session=True,
                 )
-            if self._wait_ready():
-                return self
-            self._stop()
-        raise BenchError("smtp-sink did not start on 127.0.0.1")
+                if self._wait_ready():
+                    return self
+                self._stop()
+                err.seek(0)
+                why = err.read().decode(errors="replace").strip()
+        raise BenchError(f"smtp-sink did not start on 127.0.0.1: {why or 'no error output'}")
 
     def __exit__(self, *exc: object) -> None:
         self._stop()
@@ -384,8 +387,6 @@ class Sink:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()
         if self._counters is not None:
             with contextlib.suppress(OSError):
                 self._counters.unlink()
