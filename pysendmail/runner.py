@@ -16,7 +16,8 @@ due. One run:
    anything else happens* (before logging, before bouncing): an accepted
    recipient is never sent to again (DESIGN.md invariant 3), and the only
    duplicate a crash can cause is the message whose 250 arrived just before
-   the crash;
+   the crash. When every recipient was accepted, removing the message is the
+   record (no state file is written for it: two fsyncs fewer per message);
 4. schedules the next attempt for what was deferred: ``retry_min`` after the
    first failure, doubling up to ``retry_max``, never later than the end of the
    lifetime; once ``queue.lifetime`` has passed since arrival, the recipients
@@ -501,10 +502,27 @@ class Runner:
             now = self.clock()
             expired = self._record(state, report.recipients, now)
             # Invariant 3: the verdicts reach the disk before anything else happens.
+            if all(rs.status == SENT for rs in state.recipients):
+                # Every recipient accepted: removing the message is the record
+                # (and spares a state file write, two fsyncs, per message).
+                self._remove(claim)
+                self._log_attempt(envelope, state, report, expired, now, summary)
+                summary.removed += 1
+                self._line(envelope.queue_id, "removed")
+                return
             self._save(claim, state)
             relay_name = report.relay
             self._log_attempt(envelope, state, report, expired, now, summary)
         self._finish(claim, state, relay_name, expired, summary, feed)
+
+    def _remove(self, claim: Claim) -> None:
+        try:
+            claim.done()
+        except OSError as exc:
+            raise StateWriteError(
+                f"{claim.queue_id}: delivered, but cannot remove it from the queue ({exc}); "
+                "the run stops so that no message is sent twice"
+            ) from exc
 
     def _send(
         self, claim: Claim, relay: RelayLike, envelope: Envelope, pending: list[str]
@@ -650,7 +668,7 @@ class Runner:
             summary.failed += 1
             self._line(envelope.queue_id, "moved to failed/")
         else:
-            claim.done()
+            self._remove(claim)
             summary.removed += 1
             self._line(envelope.queue_id, "removed")
 

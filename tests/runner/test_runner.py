@@ -556,8 +556,10 @@ def test_a_state_that_cannot_be_written_stops_the_run(
     queue: Queue,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # One recipient accepted, one deferred: the state file must say which.
+    server.rcpt_replies["later@example.net"] = "450 4.2.0 later"
     for i in range(3):
-        enqueue(queue, ["bob@example.net"], subject=f"w{i}")
+        enqueue(queue, ["bob@example.net", "later@example.net"], subject=f"w{i}")
 
     def full(self: Queue, queue_id: str, state: object, *, sync: bool = True) -> None:
         raise OSError(28, "No space left on device")
@@ -570,6 +572,30 @@ def test_a_state_that_cannot_be_written_stops_the_run(
     assert len(server.messages) == 1  # the first was sent; the run stopped there
     assert "cannot record the delivery state" in err.getvalue()
     assert "No space left on device" in err.getvalue()
+
+
+def test_a_delivered_message_that_cannot_be_removed_stops_the_run(
+    tmp_path: pathlib.Path,
+    server: RecordingServer,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pysendmail.queue import Claim
+
+    for i in range(3):
+        enqueue(queue, ["bob@example.net"], subject=f"r{i}")
+
+    def broken(self: Claim) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Claim, "done", broken)
+    s = settings_for(tmp_path, server.port)
+    err = io.StringIO()
+    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    assert status == errors.EX_TEMPFAIL
+    assert len(server.messages) == 1
+    assert "delivered, but cannot remove it from the queue" in err.getvalue()
+    assert len(queue.ids()) == 3  # the next run sends the first again: the permitted duplicate
 
 
 # --------------------------------------------------------------------------- CLI
@@ -761,8 +787,9 @@ def test_parallel_workers_all_stop_when_a_state_cannot_be_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server.data_delay = 0.02
+    server.rcpt_replies["later@example.net"] = "450 4.2.0 later"
     for i in range(16):
-        enqueue(queue, ["bob@example.net"], subject=f"par{i}")
+        enqueue(queue, ["bob@example.net", "later@example.net"], subject=f"par{i}")
 
     def full(self: Queue, queue_id: str, state: object, *, sync: bool = True) -> None:
         raise OSError(28, "No space left on device")
