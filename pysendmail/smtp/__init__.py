@@ -20,11 +20,11 @@ first use, so importing ``pysendmail.smtp.address`` alone does not load
 ``ssl`` and ``socket``.
 """
 
-from __future__ import annotations
+# No ``importlib``, ``typing`` or ``from __future__`` at run time: see
+# ``client`` for why every import on this path is counted.
+import sys
 
-import importlib
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.errors import (
         SMTPAuthenticationError,
@@ -121,7 +121,8 @@ def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    __import__(home)
+    value = getattr(sys.modules[home], name)
     globals()[name] = value
     return value
 

@@ -18,9 +18,10 @@ This module never rewrites an address: what the caller gave is what is sent,
 or it is refused. It imports only the standard library.
 """
 
-from __future__ import annotations
-
-import re
+# No ``re`` and no ``from __future__``: this module is imported by every
+# ``sendmail`` that relays directly, where those imports would cost more than
+# the SMTP dialogue. The grammar checks below are written with ``str``
+# methods, each with the regular expression it implements in a comment.
 
 __all__ = [
     "DSN_PARAMETERS",
@@ -35,17 +36,53 @@ __all__ = [
 #: The RFC 3461 parameters: sent only when the server offers DSN.
 DSN_PARAMETERS: frozenset[str] = frozenset({"NOTIFY", "RET", "ENVID", "ORCPT"})
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAILBOX_FORBIDDEN = re.compile(r"[<>\s]")
-# RFC 5321 section 4.1.2: esmtp-keyword and esmtp-value.
-_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")
+# [\x00-\x1f\x7f]: C0 controls and DEL.
+_CONTROLS = frozenset(map(chr, (*range(0x20), 0x7F)))
 # RFC 5322 atext: what an ORCPT addr-type ("rfc822", "utf-8") may hold.
-_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_ATEXT = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-"
+)
+_HEX_UPPER = frozenset("0123456789ABCDEF")
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 # Parameters whose values are free text, xtext-encoded when formatted.
 _XTEXT_PARAMETERS = frozenset({"ENVID", "ORCPT"})
+
+
+def _has_control(value: str) -> bool:
+    # A printable string has none (the common case, one C call); otherwise look.
+    return not value.isprintable() and not _CONTROLS.isdisjoint(value)
+
+
+def _mailbox_forbidden(address: str) -> bool:
+    """``[<>\\s]``: an angle bracket or any white space (``str.isspace``, as ``\\s``)."""
+    if "<" in address or ">" in address or " " in address:
+        return True
+    # Of all white space, only " " is printable.
+    return not address.isprintable() and any(c.isspace() for c in address)
+
+
+def _is_keyword(key: str) -> bool:
+    """RFC 5321 esmtp-keyword: ``[A-Za-z0-9][A-Za-z0-9-]*``."""
+    return key.isascii() and key[:1].isalnum() and key.replace("-", "").isalnum()
+
+
+def _is_value(value: str) -> bool:
+    """RFC 5321 esmtp-value: ``[\\x21-\\x3c\\x3e-\\x7e]+`` (printable ASCII but space and "=")."""
+    return (
+        value.isascii()
+        and value.isprintable()
+        and value != ""
+        and " " not in value
+        and "=" not in value
+    )
+
+
+def _is_xtext(value: str) -> bool:
+    """RFC 3461 xtext: ``(?:[\\x21-\\x2a\\x2c-\\x3c\\x3e-\\x7e]|\\+[0-9A-F]{2})*``."""
+    if not value.isascii() or (value and not value.isprintable()) or " " in value or "=" in value:
+        return False
+    parts = value.split("+")
+    return all(len(part) >= 2 and _HEX_UPPER.issuperset(part[:2]) for part in parts[1:])
 
 
 def check_argument(value: str, what: str) -> str:
@@ -55,7 +92,7 @@ def check_argument(value: str, what: str) -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be str, not {type(value).__name__}")
-    if _CONTROL.search(value):
+    if _has_control(value):
         raise ValueError(f"{what} contains a control character: {value!r}")
     return value
 
@@ -82,7 +119,7 @@ def xtext_decode(value: str) -> str:
     """
     if not isinstance(value, str):
         raise TypeError(f"xtext must be str, not {type(value).__name__}")
-    if not _XTEXT.fullmatch(value):
+    if not _is_xtext(value):
         raise ValueError(f"not valid xtext: {value!r}")
     if "+" not in value:
         return value
@@ -120,7 +157,7 @@ def format_parameter(key: str, value: str | None) -> str:
 def _check_parameter(key: str, value: str | None) -> None:
     what = f"parameter {key}"
     check_argument(key, "parameter keyword")
-    if not _KEYWORD.fullmatch(key):
+    if not _is_keyword(key):
         raise ValueError(f"not an ESMTP parameter keyword: {key!r}")
     if value is None:
         return
@@ -130,12 +167,12 @@ def _check_parameter(key: str, value: str | None) -> None:
             raise ValueError(f"{what} has an empty value")
         if key == "ORCPT":
             addr_type, sep, original = value.partition(";")
-            if sep and not _ATOM.fullmatch(addr_type):
+            if sep and not (addr_type and _ATEXT.issuperset(addr_type)):
                 raise ValueError(f"ORCPT address type is not an atom: {addr_type!r}")
             if sep and not original:
                 raise ValueError(f"ORCPT has no address after {addr_type!r};")
         return
-    if not _VALUE.fullmatch(value):
+    if not _is_value(value):
         raise ValueError(f"{what} value must be printable ASCII without space or '=': {value!r}")
     # Values the server would refuse only after MAIL was sent: caught here,
     # where the caller can see which address carried them.
@@ -166,7 +203,7 @@ class Address:
 
     def __init__(self, address: str, *params: str, **kwparams: str | None) -> None:
         check_argument(address, "address")
-        if _MAILBOX_FORBIDDEN.search(address):
+        if _mailbox_forbidden(address):
             raise ValueError(
                 f"an address may not hold '<', '>' or white space (give it bare): {address!r}"
             )
@@ -191,7 +228,7 @@ class Address:
         _check_parameter(key, value)
         self.parameters[key] = value
 
-    def with_parameters(self, *params: str, **kwparams: str | None) -> Address:
+    def with_parameters(self, *params: str, **kwparams: str | None) -> "Address":
         """A copy with more parameters; a keyword already present takes the new value."""
         copy = Address(self.address)
         copy.parameters = dict(self.parameters)

@@ -19,13 +19,15 @@ hostile server cannot make a mechanism answer for ever: each raises
 ValueError on a challenge it did not expect.
 """
 
-from __future__ import annotations
-
-import hmac
-from collections.abc import Iterable
-from typing import ClassVar
-
+# No ``typing`` and no ``from __future__`` at run time, and ``hmac`` (with
+# ``hashlib`` and OpenSSL behind it) only inside CRAM-MD5: this module is
+# loaded with the client, by every ``sendmail`` that relays directly.
 from pysendmail.smtp.address import check_argument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import ClassVar
 
 __all__ = [
     "AUTO_ORDER",
@@ -44,7 +46,7 @@ __all__ = [
 class Mechanism:
     """Base class: one AUTH exchange for one user and secret; use each instance once."""
 
-    name: ClassVar[str] = ""
+    name: "ClassVar[str]" = ""
 
     __slots__ = ("_challenges", "_secret", "user")
 
@@ -113,8 +115,8 @@ class Login(Mechanism):
     name = "LOGIN"
     __slots__ = ()
 
-    _USER_PROMPTS: ClassVar[frozenset[str]] = frozenset({"username", "user name", "user"})
-    _PASSWORD_PROMPTS: ClassVar[frozenset[str]] = frozenset({"password"})
+    _USER_PROMPTS: "ClassVar[frozenset[str]]" = frozenset({"username", "user name", "user"})
+    _PASSWORD_PROMPTS: "ClassVar[frozenset[str]]" = frozenset({"password"})
 
     def respond(self, challenge: bytes) -> bytes:
         self._challenges += 1
@@ -140,6 +142,8 @@ class CramMD5(Mechanism):
         self._challenges += 1
         if self._challenges > 1:
             raise self._unexpected()
+        import hmac
+
         digest = hmac.new(self._secret.encode("utf-8"), challenge, "md5").hexdigest()
         return f"{self.user} {digest}".encode()
 
@@ -198,7 +202,7 @@ def canonical_name(name: str) -> str:
     return canonical
 
 
-def select(offered: Iterable[str], requested: str | None) -> str | None:
+def select(offered: "Iterable[str]", requested: str | None) -> str | None:
     """The mechanism to use against a server that offers ``offered``, or None.
 
     With ``requested`` given: its canonical name if the server offers it

@@ -43,26 +43,16 @@ SECURITY and failure rules this module must keep:
   credentials; the secret is never stored on the object.
 """
 
-from __future__ import annotations
+# Imported by every ``sendmail`` that relays directly, so nothing at run time
+# but the project's own modules: no ``typing``, ``functools``, ``contextlib``,
+# ``base64`` or ``from __future__`` (annotations naming typing-only things are
+# quoted), and ``ssl`` only when TLS is actually used: implicit TLS, or a
+# STARTTLS the server offers. "auto" against a server without STARTTLS never
+# loads it. ``binascii`` only during AUTH.
+import sys
 
-import base64
-import binascii
-import functools
-import ssl
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
-from types import TracebackType
-from typing import (
-    IO,
-    TYPE_CHECKING,
-    Any,
-    Literal,
-    Protocol,
-    Self,
-    TypeAlias,
-    TypeVar,
-    overload,
-)
+# The ABC ``collections.abc`` re-exports, without importing ``collections``.
+from _collections_abc import Iterable as _Iterable
 
 from pysendmail.errors import (
     SMTPAuthenticationError,
@@ -77,13 +67,14 @@ from pysendmail.errors import (
 from pysendmail.smtp import auth
 from pysendmail.smtp.address import Address, check_argument, coerce
 from pysendmail.smtp.connection import Connection, MessageWriter, SendResult, Timeouts, Trace
-from pysendmail.smtp.encoder import MessageInput, MessageSource
+from pysendmail.smtp.encoder import MessageSource
 from pysendmail.smtp.protocol import (
+    MAIL,
+    RCPT,
     Auth,
     AuthCancel,
     AuthResponse,
     ClientProtocol,
-    Command,
     Data,
     Ehlo,
     Helo,
@@ -96,46 +87,67 @@ from pysendmail.smtp.protocol import (
     StartTLS,
     State,
 )
-from pysendmail.smtp.reply import Capabilities, Response
+from pysendmail.smtp.reply import Capabilities
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable
+    from contextlib import AbstractContextManager
+    from types import TracebackType
+    from typing import IO, Any, Literal, Protocol, Self, TypeAlias, TypeVar
+
+    from pysendmail.smtp.encoder import MessageInput
+    from pysendmail.smtp.protocol import Command
+    from pysendmail.smtp.reply import Response
+
+    StartTLSMode: TypeAlias = Literal["auto", "always", False]
+
+    _S = TypeVar("_S", bound="SMTP")
+    _S_co = TypeVar("_S_co", bound="SMTP", covariant=True)
+
+    class _ClassStart(Protocol[_S_co]):
+        def __call__(
+            self,
+            address: str,
+            port: int | None = None,
+            *,
+            helo: str = "localhost",
+            user: str | None = None,
+            secret: str | None = None,
+            authtype: str | None = None,
+            **constructor_keywords: Any,
+        ) -> _S_co: ...
+
+    class _InstanceStart(Protocol[_S_co]):
+        def __call__(
+            self,
+            *,
+            helo: str = "localhost",
+            user: str | None = None,
+            secret: str | None = None,
+            authtype: str | None = None,
+        ) -> _S_co: ...
+
+
+if not TYPE_CHECKING:
+
+    def overload(func: object) -> object:
+        """``typing.overload`` for the type checker; nothing at run time."""
+        return func
+
 
 if TYPE_CHECKING:
-    pass
+    from typing import overload
+
 
 __all__ = ["SMTP", "MessageWriter", "SendResult", "StartTLSMode"]
 
 #: A hostile server could send 334 for ever; no real mechanism needs more.
 MAX_AUTH_CHALLENGES = 8
 
-StartTLSMode: TypeAlias = Literal["auto", "always", False]
-_QUIT_STATES = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
-
-_S = TypeVar("_S", bound="SMTP")
-_S_co = TypeVar("_S_co", bound="SMTP", covariant=True)
-
-
-class _ClassStart(Protocol[_S_co]):
-    def __call__(
-        self,
-        address: str,
-        port: int | None = None,
-        *,
-        helo: str = "localhost",
-        user: str | None = None,
-        secret: str | None = None,
-        authtype: str | None = None,
-        **constructor_keywords: Any,
-    ) -> _S_co: ...
-
-
-class _InstanceStart(Protocol[_S_co]):
-    def __call__(
-        self,
-        *,
-        helo: str = "localhost",
-        user: str | None = None,
-        secret: str | None = None,
-        authtype: str | None = None,
-    ) -> _S_co: ...
+_QUIT_STATES = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
+_TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 
 
 class _StartDescriptor:
@@ -145,70 +157,118 @@ class _StartDescriptor:
     """
 
     @overload
-    def __get__(self, obj: None, objtype: type[_S]) -> _ClassStart[_S]: ...
+    def __get__(self, obj: None, objtype: "type[_S]") -> "_ClassStart[_S]": ...
     @overload
-    def __get__(self, obj: _S, objtype: type[_S] | None = None) -> _InstanceStart[_S]: ...
-    def __get__(self, obj: SMTP | None, objtype: type[SMTP] | None = None) -> Any:
+    def __get__(self, obj: "_S", objtype: "type[_S] | None" = None) -> "_InstanceStart[_S]": ...
+    def __get__(self, obj: "SMTP | None", objtype: "type[SMTP] | None" = None) -> "Any":
         if obj is not None:
             return obj._start
         assert objtype is not None
-        return functools.partial(_create_and_start, objtype)
+        cls = objtype
+
+        def create_and_start(
+            address: str,
+            port: int | None = None,
+            *,
+            helo: str = "localhost",
+            user: str | None = None,
+            secret: str | None = None,
+            authtype: str | None = None,
+            **constructor_keywords: "Any",
+        ) -> SMTP:
+            return cls(address, port, **constructor_keywords)._start(
+                helo=helo, user=user, secret=secret, authtype=authtype
+            )
+
+        return create_and_start
 
 
-def _create_and_start(
-    cls: type[_S],
-    address: str,
-    port: int | None = None,
-    *,
-    helo: str = "localhost",
-    user: str | None = None,
-    secret: str | None = None,
-    authtype: str | None = None,
-    **constructor_keywords: Any,
-) -> _S:
-    return cls(address, port, **constructor_keywords)._start(
-        helo=helo, user=user, secret=secret, authtype=authtype
-    )
+# A queue runner sends from the same few senders to the same recipients over
+# and over; an Address made here is never changed, so it is shared. Bounded:
+# emptied when full, which costs a few re-parses (an LRU needs functools).
+_ADDRESS_CACHE: dict[str, Address] = {}
+_ADDRESS_CACHE_SIZE = 512
 
 
-@functools.lru_cache(maxsize=512)
-def _parse_address(address: str) -> Address:
-    # A queue runner sends from the same few senders to the same recipients
-    # over and over; an Address made here is never changed, so it is shared.
-    return coerce(address)
+def _address(item: "str | Address") -> Address:
+    if type(item) is not str:
+        return coerce(item)
+    address = _ADDRESS_CACHE.get(item)
+    if address is None:
+        address = coerce(item)
+        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESS_CACHE.clear()
+        _ADDRESS_CACHE[item] = address
+    return address
 
 
-def _address(item: str | Address) -> Address:
-    return _parse_address(item) if type(item) is str else coerce(item)
-
-
-def _flatten(items: Iterable[object]) -> list[Address]:
+def _flatten(items: "Iterable[object]") -> list[Address]:
     out: list[Address] = []
     for item in items:
         if isinstance(item, str | Address):
             out.append(_address(item))
-        elif isinstance(item, bytes | bytearray) or not isinstance(item, Iterable):
+        elif isinstance(item, bytes | bytearray) or not isinstance(item, _Iterable):
             raise TypeError(f"a recipient must be str or Address, not {type(item).__name__}")
         else:
             out.extend(_flatten(item))
     return out
 
 
-def _recipients(to_addrs: Iterable[object]) -> list[Address]:
+def _recipients(to_addrs: "Iterable[object]") -> list[Address]:
     recipients = _flatten(to_addrs)
     if not recipients:
         raise ValueError("no recipients given")
     return recipients
 
 
-def _tls_version(value: ssl.TLSVersion | str) -> ssl.TLSVersion:
-    if isinstance(value, ssl.TLSVersion):
-        return value
-    name = value.upper().replace("TLSV", "").replace("TLS", "").replace("_", ".").strip(" v.")
-    versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-    if name not in versions:
+def _tls_version_name(value: "ssl.TLSVersion | str") -> str:
+    """The ``ssl.TLSVersion`` member name for ``value``, checked without importing ``ssl``."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(value, ssl.TLSVersion):
+        # Only a program that loaded ssl can hold a TLSVersion.
+        return str(value.name)
+    if not isinstance(value, str):
         raise ValueError(f"tls_min_version must be TLSv1.2 or TLSv1.3, not {value!r}")
-    return versions[name]
+    name = value.upper().replace("TLSV", "").replace("TLS", "").replace("_", ".").strip(" v.")
+    if name not in _TLS_VERSIONS:
+        raise ValueError(f"tls_min_version must be TLSv1.2 or TLSv1.3, not {value!r}")
+    return _TLS_VERSIONS[name]
+
+
+class _MessageStream:
+    """What ``open_message_stream`` returns: the transaction starts on entering the block."""
+
+    __slots__ = ("_args", "_smtp", "_writer")
+
+    def __init__(
+        self, smtp: "SMTP", args: "tuple[str | Address, tuple[object, ...], bool | None]"
+    ) -> None:
+        self._smtp = smtp
+        self._args = args
+        self._writer: MessageWriter | None = None
+
+    def __enter__(self) -> MessageWriter:
+        smtp = self._smtp
+        from_addr, to_addrs, eightbit = self._args
+        conn = smtp._live()
+        refused = smtp._transaction(
+            conn, _address(from_addr), _recipients(to_addrs), None, bool(eightbit)
+        )
+        self._writer = MessageWriter(conn, refused)
+        return self._writer
+
+    def __exit__(
+        self,
+        exc_type: "type[BaseException] | None",
+        exc: "BaseException | None",
+        tb: "TracebackType | None",
+    ) -> None:
+        writer = self._writer
+        assert writer is not None
+        if exc_type is not None:
+            writer.abort()
+        else:
+            writer.close()
 
 
 class SMTP:
@@ -231,21 +291,21 @@ class SMTP:
         port: int | None = None,
         *,
         tls: bool = False,
-        starttls: StartTLSMode = "auto",
+        starttls: "StartTLSMode" = "auto",
         tls_verify: bool = True,
         tls_hostname: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: "ssl.SSLContext | None" = None,
         ca_file: str | None = None,
         certfile: str | None = None,
         keyfile: str | None = None,
-        tls_min_version: ssl.TLSVersion | str | None = None,
-        source_address: tuple[str, int] | None = None,
+        tls_min_version: "ssl.TLSVersion | str | None" = None,
+        source_address: "tuple[str, int] | None" = None,
         allow_plaintext_auth: bool = False,
         open_timeout: float | None = 30.0,
         read_timeout: float | None = 60.0,
         write_timeout: float | None = 60.0,
         esmtp: bool = True,
-        debug_output: IO[str] | None = None,
+        debug_output: "IO[str] | None" = None,
     ) -> None:
         if starttls not in ("auto", "always", False):
             raise ValueError(f'starttls must be "auto", "always" or False, not {starttls!r}')
@@ -274,7 +334,10 @@ class SMTP:
         self.ca_file = ca_file
         self.certfile = certfile
         self.keyfile = keyfile
-        self.tls_min_version = None if tls_min_version is None else _tls_version(tls_min_version)
+        # The TLSVersion member's name: ``ssl`` is loaded only when TLS is used.
+        self._tls_min_version = (
+            None if tls_min_version is None else _tls_version_name(tls_min_version)
+        )
         self.source_address = source_address
         self.allow_plaintext_auth = allow_plaintext_auth
         self._timeouts = Timeouts(open_timeout, read_timeout, write_timeout)
@@ -286,6 +349,19 @@ class SMTP:
         self._peer: str | None = None
         # Built on first use and kept: every session of this object shares it.
         self._context: ssl.SSLContext | None = None
+
+    @property
+    def tls_min_version(self) -> "ssl.TLSVersion | None":
+        """The lowest TLS version accepted (``ssl.TLSVersion``), or None for OpenSSL's default."""
+        if self._tls_min_version is None:
+            return None
+        import ssl
+
+        return ssl.TLSVersion[self._tls_min_version]
+
+    @tls_min_version.setter
+    def tls_min_version(self, value: "ssl.TLSVersion | str | None") -> None:
+        self._tls_min_version = None if value is None else _tls_version_name(value)
 
     # ------------------------------------------------------------------ attributes
 
@@ -358,15 +434,15 @@ class SMTP:
         return list(self.capabilities.get("AUTH", ()))
 
     @property
-    def debug_output(self) -> IO[str] | None:
+    def debug_output(self) -> "IO[str] | None":
         """The text stream the trace goes to; None sends it to ``logging`` at DEBUG."""
         return self._trace.stream
 
     @debug_output.setter
-    def debug_output(self, stream: IO[str] | None) -> None:
+    def debug_output(self, stream: "IO[str] | None") -> None:
         self._trace.stream = stream
 
-    def set_debug_output(self, stream: IO[str] | None) -> None:
+    def set_debug_output(self, stream: "IO[str] | None") -> None:
         """Send the trace to ``stream`` (None: back to ``logging``)."""
         self._trace.stream = stream
 
@@ -379,7 +455,7 @@ class SMTP:
         user: str | None = None,
         secret: str | None = None,
         authtype: str | None = None,
-    ) -> Self:
+    ) -> "Self":
         if self._started or self._conn is not None:
             raise LocalProtocolError("the SMTP session is already started")
         if (user is None) != (secret is None):
@@ -444,23 +520,25 @@ class SMTP:
         finally:
             self._started = False
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "Self":
         return self
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: TracebackType | None,
+        tb: "TracebackType | None",
     ) -> None:
         if self._started:
             self.finish()
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _tls_context(self) -> "ssl.SSLContext":
         if self.ssl_context is not None:
             return self.ssl_context
         if self._context is not None:
             return self._context
+        import ssl  # TLS is certain now
+
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.certfile:
             context.load_cert_chain(self.certfile, self.keyfile)
@@ -472,7 +550,7 @@ class SMTP:
         self._context = context
         return context
 
-    def _connect(self, context: ssl.SSLContext | None) -> None:
+    def _connect(self, context: "ssl.SSLContext | None") -> None:
         # One deadline for the connect, the TLS handshake and the greeting.
         deadline = Connection.deadline(self.open_timeout)
         conn = Connection.open(
@@ -498,7 +576,7 @@ class SMTP:
         conn.live()
         return conn
 
-    def _getok(self, command: Command) -> Response:
+    def _getok(self, command: "Command") -> "Response":
         reply = self._live().exchange(command)
         if not reply.success:
             raise error_for_reply(reply)
@@ -506,13 +584,13 @@ class SMTP:
 
     # ------------------------------------------------------------------ commands
 
-    def ehlo(self, domain: str) -> Response:
+    def ehlo(self, domain: str) -> "Response":
         """EHLO; the reply's extensions become ``capabilities``."""
         reply = self._getok(Ehlo(domain))
         self._helo_name = domain
         return reply
 
-    def helo(self, domain: str) -> Response:
+    def helo(self, domain: str) -> "Response":
         """HELO, for servers without ESMTP; ``capabilities`` becomes empty."""
         reply = self._getok(Helo(domain))
         self._helo_name = domain
@@ -528,7 +606,7 @@ class SMTP:
             self.esmtp = False
         self.helo(domain)
 
-    def starttls(self) -> Response:
+    def starttls(self) -> "Response":
         """STARTTLS: upgrade the connection, drop any plaintext after the 220, EHLO again.
 
         Returns the 220 reply. SMTPUnsupportedCommand when the server does not
@@ -537,7 +615,7 @@ class SMTP:
         """
         return self._starttls(None)
 
-    def _starttls(self, context: ssl.SSLContext | None) -> Response:
+    def _starttls(self, context: "ssl.SSLContext | None") -> "Response":
         conn = self._live()
         if conn.encrypted:
             raise LocalProtocolError("the connection is already encrypted")
@@ -552,7 +630,7 @@ class SMTP:
         self._hello(self._helo_name)
         return reply
 
-    def authenticate(self, user: str, secret: str, authtype: str | None = None) -> Response:
+    def authenticate(self, user: str, secret: str, authtype: str | None = None) -> "Response":
         """AUTH with ``authtype`` (or the best the server offers: CRAM-MD5, PLAIN, LOGIN).
 
         Refused before anything is sent: over a connection without TLS
@@ -576,6 +654,8 @@ class SMTP:
                 f"the server does not offer AUTH {wanted} (it offers: {listed})"
             )
         mechanism = auth.mechanism(name, user, secret)
+        import binascii  # base64 without ``base64``, which imports ``re``
+
         reply = conn.exchange(Auth(name, mechanism.initial_response()))
         challenges = 0
         while reply.code == 334:
@@ -583,7 +663,7 @@ class SMTP:
             try:
                 if challenges > MAX_AUTH_CHALLENGES:
                     raise ValueError("the server keeps sending challenges")
-                challenge = base64.b64decode(reply.message.strip(), validate=True)
+                challenge = binascii.a2b_base64(reply.message.strip(), strict_mode=True)
                 answer = mechanism.respond(challenge)
             except (binascii.Error, ValueError) as exc:
                 # Cancel the exchange (RFC 4954 section 4) so the session stays usable.
@@ -599,20 +679,20 @@ class SMTP:
 
     def mailfrom(
         self,
-        from_addr: str | Address,
+        from_addr: "str | Address",
         *,
         size: int | None = None,
         eightbit: bool = False,
         smtputf8: bool = False,
-    ) -> Response:
+    ) -> "Response":
         """MAIL FROM; SIZE, BODY and SMTPUTF8 are added as the server allows."""
         return self._getok(Mail(coerce(from_addr), size, eightbit, smtputf8))
 
-    def rcptto(self, to_addr: str | Address) -> Response:
+    def rcptto(self, to_addr: "str | Address") -> "Response":
         """RCPT TO; raises the reply's error when the recipient is refused."""
         return self._getok(Rcpt(coerce(to_addr)))
 
-    def rcptto_list(self, to_addrs: Iterable[str | Address]) -> dict[str, Response]:
+    def rcptto_list(self, to_addrs: "Iterable[str | Address]") -> "dict[str, Response]":
         """RCPT TO for each address (in one write with PIPELINING); returns the refused ones.
 
         Raises SMTPRecipientsRefused when every one was refused.
@@ -636,8 +716,8 @@ class SMTP:
     @overload
     def data(self, msg: None = None) -> MessageWriter: ...
     @overload
-    def data(self, msg: MessageInput) -> Response: ...
-    def data(self, msg: MessageInput | None = None) -> MessageWriter | Response:
+    def data(self, msg: "MessageInput") -> "Response": ...
+    def data(self, msg: "MessageInput | None" = None) -> "MessageWriter | Response":
         """DATA. With ``msg``: send it and return the final reply. Without: a writer."""
         source = None if msg is None else MessageSource.of(msg)
         conn = self._live()
@@ -648,15 +728,15 @@ class SMTP:
             return MessageWriter(conn, {})
         return conn.send_body(source)
 
-    def rset(self) -> Response:
+    def rset(self) -> "Response":
         """RSET: abandon the mail transaction."""
         return self._getok(Rset())
 
-    def noop(self) -> Response:
+    def noop(self) -> "Response":
         """NOOP: checks that the server is there."""
         return self._getok(Noop())
 
-    def quit(self) -> Response:
+    def quit(self) -> "Response":
         """QUIT; the connection is closed after the reply. ``finish`` is the usual way."""
         conn = self._live()
         try:
@@ -670,9 +750,9 @@ class SMTP:
 
     def send_message(
         self,
-        msg: MessageInput,
-        from_addr: str | Address,
-        *to_addrs: str | Address | Iterable[str | Address],
+        msg: "MessageInput",
+        from_addr: "str | Address",
+        *to_addrs: "str | Address | Iterable[str | Address]",
         eightbit: bool | None = None,
     ) -> SendResult:
         """Send one message to the recipients, streamed; see ``SendResult``.
@@ -694,30 +774,19 @@ class SMTP:
     send_mail = send_message
     sendmail = send_message
 
-    @contextmanager
     def open_message_stream(
         self,
-        from_addr: str | Address,
-        *to_addrs: str | Address | Iterable[str | Address],
+        from_addr: "str | Address",
+        *to_addrs: "str | Address | Iterable[str | Address]",
         eightbit: bool | None = None,
-    ) -> Iterator[MessageWriter]:
+    ) -> "AbstractContextManager[MessageWriter]":
         """A writer for one message of unknown length: the message ends when the block ends.
 
         ``with smtp.open_message_stream(frm, to) as f: f.write(...)``; after the
         block, ``f.result`` holds the final reply and the refused recipients.
         If the block raises, the connection is dropped and nothing is delivered.
         """
-        conn = self._live()
-        refused = self._transaction(
-            conn, _address(from_addr), _recipients(to_addrs), None, bool(eightbit)
-        )
-        writer = MessageWriter(conn, refused)
-        try:
-            yield writer
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
+        return _MessageStream(self, (from_addr, to_addrs, eightbit))
 
     ready = open_message_stream
 
@@ -728,7 +797,7 @@ class SMTP:
         recipients: list[Address],
         size: int | None,
         eightbit: bool,
-    ) -> dict[str, Response]:
+    ) -> "dict[str, Response]":
         """MAIL, RCPT for each recipient, DATA; returns the refused ones once 354 arrived.
 
         On any refusal that ends the transaction, it is cleaned up (the empty
@@ -771,14 +840,16 @@ class SMTP:
         return refused
 
     @staticmethod
-    def _reset_after(conn: Connection, data_reply: Response | None) -> None:
+    def _reset_after(conn: Connection, data_reply: "Response | None") -> None:
         """Leave a failed transaction cleanly, so the session can send the next message."""
-        with suppress(SMTPError):  # a dead session says so on the next command
+        try:
             if data_reply is not None and data_reply.code == 354:
                 # RFC 2920 section 3.1: a 354 with no accepted recipient is
                 # answered with an empty message, which the server refuses.
                 end = conn.live().end_body()
                 conn.write(end, (end.decode("ascii"),))
                 conn.read_reply()
-            if conn.proto.state in (State.MAIL, State.RCPT):
+            if conn.proto.state in (MAIL, RCPT):
                 conn.exchange(Rset())
+        except SMTPError:
+            pass  # a dead session says so on the next command

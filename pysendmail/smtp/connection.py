@@ -21,19 +21,23 @@ The trace (``Trace``) shows commands and replies as ``repr`` strings, which
 escapes anything a hostile server might send to a terminal; AUTH payloads
 arrive here already redacted (``Command.trace``), and the body only as its
 size. Nothing here stores credentials.
+
+What it imports, and when: ``_socket`` (the C module under ``socket``; the
+``socket`` module itself brings ``enum``, ``selectors`` and ``collections``,
+about 10 ms per ``sendmail`` run), the project's own modules, and nothing
+else until it is needed. ``ssl`` is imported by the TLS handshake only, so a
+plain-TCP session never loads it. ``logging`` is never imported here: with no
+debug stream set, the trace goes to the "pysendmail.smtp" logger only if the
+program has loaded ``logging`` itself. A program that never imported it
+cannot have configured that logger, and under logging's defaults (the root
+logger at WARNING) a DEBUG record is dropped anyway, so nothing is lost.
 """
 
-from __future__ import annotations
-
-import logging
-import socket
-import ssl
+# No ``from __future__``, ``typing``, ``dataclasses``, ``contextlib``,
+# ``socket``, ``ssl`` or ``logging`` at run time; see the module docstring.
+import _socket
+import sys
 import time
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import IO
 
 from pysendmail.errors import (
     SMTPConnectError,
@@ -41,18 +45,29 @@ from pysendmail.errors import (
     SMTPOpenTimeout,
     SMTPReadTimeout,
     SMTPServerDisconnected,
-    SMTPTimeoutError,
     SMTPTLSError,
     SMTPWriteTimeout,
     error_for_reply,
 )
-from pysendmail.smtp.encoder import MessageSource
-from pysendmail.smtp.protocol import ClientProtocol, Command, State
-from pysendmail.smtp.reply import Response
+from pysendmail.smtp.protocol import CLOSED, ClientProtocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    import ssl
+    from collections.abc import Iterable, Sequence
+    from types import TracebackType
+    from typing import IO
+
+    from pysendmail.errors import SMTPTimeoutError
+    from pysendmail.smtp.encoder import MessageSource
+    from pysendmail.smtp.protocol import Command
+    from pysendmail.smtp.reply import Response
 
 __all__ = ["WRITE_SIZE", "Connection", "MessageWriter", "SendResult", "Timeouts", "Trace"]
 
-logger = logging.getLogger("pysendmail.smtp")
+LOGGER_NAME = "pysendmail.smtp"
+_DEBUG = 10  # logging.DEBUG
 
 #: Octets of message data gathered before one write: large enough that a big
 #: message costs few system calls, small enough that memory stays flat.
@@ -61,26 +76,45 @@ _RECV_SIZE = 65536
 
 
 class Trace:
-    """Where the debug trace goes: a text stream when set, else ``logging`` at DEBUG."""
+    """Where the debug trace goes: a text stream when set, else ``logging`` at DEBUG.
+
+    ``logging`` is used only when the program has imported it (see the module
+    docstring); it is never imported here.
+    """
 
     __slots__ = ("stream",)
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    # The "pysendmail.smtp" logger, once ``logging`` is loaded.
+    _logger: "logging.Logger | None" = None
+
+    def __init__(self, stream: "IO[str] | None" = None) -> None:
         self.stream = stream
+
+    @classmethod
+    def _debug_logger(cls) -> "logging.Logger | None":
+        """The logger if it would emit a DEBUG record now, else None."""
+        logger = cls._logger
+        if logger is None:
+            logging = sys.modules.get("logging")
+            if logging is None:
+                return None
+            logger = cls._logger = logging.getLogger(LOGGER_NAME)
+        return logger if logger.isEnabledFor(_DEBUG) else None
 
     @property
     def on(self) -> bool:
         """Whether anybody listens; callers skip building trace text when not."""
-        return self.stream is not None or logger.isEnabledFor(logging.DEBUG)
+        return self.stream is not None or self._debug_logger() is not None
 
     def __call__(self, text: str) -> None:
         if self.stream is not None:
             self.stream.write(text + "\n")
         else:
-            logger.debug("%s", text)
+            logger = self._debug_logger()
+            if logger is not None:
+                logger.debug("%s", text)
 
 
-@dataclass
 class Timeouts:
     """The three time limits in seconds (None: wait for ever), read at each operation.
 
@@ -88,9 +122,27 @@ class Timeouts:
     ``smtp.read_timeout`` on a live session applies to the next reply.
     """
 
-    open: float | None = 30.0
-    read: float | None = 60.0
-    write: float | None = 60.0
+    __slots__ = ("open", "read", "write")
+
+    def __init__(
+        self,
+        open: float | None = 30.0,
+        read: float | None = 60.0,
+        write: float | None = 60.0,
+    ) -> None:
+        self.open = open
+        self.read = read
+        self.write = write
+
+    def __repr__(self) -> str:
+        return f"Timeouts(open={self.open!r}, read={self.read!r}, write={self.write!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Timeouts:
+            return NotImplemented
+        return (self.open, self.read, self.write) == (other.open, other.read, other.write)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, equal by value
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -101,27 +153,104 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
-@dataclass(frozen=True)
 class SendResult:
     """What a sent message got: the final reply and the recipients the server refused.
 
     ``refused`` maps each refused address to the reply that refused it; it is
-    empty when every recipient was accepted.
+    empty when every recipient was accepted. Immutable.
     """
 
-    response: Response
-    refused: dict[str, Response] = field(default_factory=dict)
+    __slots__ = ("refused", "response")
+
+    response: "Response"
+    refused: "dict[str, Response]"
+
+    def __init__(self, response: "Response", refused: "dict[str, Response] | None" = None) -> None:
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "refused", {} if refused is None else refused)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: SendResult is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: SendResult is immutable")
+
+    def __repr__(self) -> str:
+        return f"SendResult(response={self.response!r}, refused={self.refused!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not SendResult:
+            return NotImplemented
+        return self.response == other.response and self.refused == other.refused
+
+    def __hash__(self) -> int:
+        return hash((self.response, self.refused))
+
+
+def _host_bytes(host: str) -> bytes | str:
+    """``host`` as ``getaddrinfo`` would encode it, for an ASCII name; else ``host`` itself.
+
+    Given a ``str``, ``getaddrinfo`` runs the "idna" codec, whose first use
+    imports ``encodings.idna``, ``stringprep``, ``re`` and ``enum`` (about
+    10 ms) even for "127.0.0.1". For an ASCII name that codec only checks the
+    label lengths and returns the ASCII bytes: the same checks, here. A name
+    that fails them goes to the codec, which raises what it always raised.
+    """
+    if not host.isascii():
+        return host
+    raw = host.encode("ascii")
+    labels = raw.split(b".")
+    if len(labels[-1]) >= 64 or any(not 0 < len(label) < 64 for label in labels[:-1]):
+        return host
+    return raw
+
+
+def _create_connection(
+    host: str, port: int, timeout: float | None, source_address: "tuple[str, int] | None"
+) -> "_socket.socket":
+    """``socket.create_connection`` on ``_socket``: each address in turn, the last error raised."""
+    error: OSError | None = None
+    for family, kind, proto, _name, address in _socket.getaddrinfo(
+        _host_bytes(host), port, 0, _socket.SOCK_STREAM
+    ):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(address)
+        except OSError as exc:
+            error = exc
+            sock.close()
+            continue
+        return sock
+    raise error if error is not None else OSError("getaddrinfo returns an empty list")
 
 
 class Connection:
     """A connected socket and the protocol state on it; see the module docstring."""
 
-    def __init__(self, sock: socket.socket, where: str, timeouts: Timeouts, trace: Trace) -> None:
-        self._sock: socket.socket | None = sock
+    __slots__ = (
+        "_sock",
+        "dead",
+        "encrypted",
+        "peer",
+        "proto",
+        "timeouts",
+        "trace",
+        "where",
+    )
+
+    def __init__(
+        self, sock: "_socket.socket", where: str, timeouts: Timeouts, trace: Trace
+    ) -> None:
+        self._sock: _socket.socket | None = sock
         #: The server's IP address, as connected (for logs: "relay=host[ip]:port").
-        self.peer: str | None = None
-        with suppress(OSError, IndexError, TypeError):
+        self.peer: str | None
+        try:
             self.peer = str(sock.getpeername()[0])
+        except (OSError, IndexError, TypeError):
+            self.peer = None
         self.proto = ClientProtocol()
         self.where = where
         self.timeouts = timeouts
@@ -138,9 +267,9 @@ class Connection:
         *,
         timeouts: Timeouts,
         trace: Trace,
-        source_address: tuple[str, int] | None = None,
+        source_address: "tuple[str, int] | None" = None,
         deadline: float | None = None,
-    ) -> Connection:
+    ) -> "Connection":
         """Connect over TCP (TCP_NODELAY set); SMTPConnectError or SMTPOpenTimeout.
 
         ``deadline`` (monotonic) bounds the connect; without it, the open timeout does.
@@ -150,17 +279,17 @@ class Connection:
             trace(f"-- connecting to {where}")
         timeout = timeouts.open if deadline is None else _remaining(deadline)
         try:
-            sock = socket.create_connection(
-                (host, port), timeout=timeout, source_address=source_address
-            )
+            sock = _create_connection(host, port, timeout, source_address)
         except TimeoutError as exc:
             raise SMTPOpenTimeout(f"connecting to {where} timed out") from exc
         except OSError as exc:
             raise SMTPConnectError(f"cannot connect to {where}: {exc}") from exc
         # Every command is one write and waits for its reply: Nagle's algorithm
         # would hold each one back for a delayed ACK (~40 ms on Linux).
-        with suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:  # noqa: SIM105  (contextlib.suppress would cost an import)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # slower without it, not wrong
         return cls(sock, where, timeouts, trace)
 
     # ------------------------------------------------------------------ life and death
@@ -184,8 +313,10 @@ class Connection:
         """Close the socket (idempotent); the reason, if any, stays."""
         sock, self._sock = self._sock, None
         if sock is not None:
-            with suppress(OSError):
+            try:  # noqa: SIM105  (contextlib.suppress would cost an import)
                 sock.close()
+            except OSError:
+                pass
 
     @staticmethod
     def deadline(timeout: float | None) -> float | None:
@@ -193,18 +324,21 @@ class Connection:
         return _deadline(timeout)
 
     @property
-    def sock(self) -> socket.socket | None:
+    def sock(self) -> "_socket.socket | None":
         """The socket, while open (for inspection; never write to it directly)."""
         return self._sock
 
-    def start_tls(self, context: ssl.SSLContext, hostname: str, deadline: float | None) -> None:
+    def start_tls(self, context: "ssl.SSLContext", hostname: str, deadline: float | None) -> None:
         """The TLS handshake (implicit TLS, or after a 220 to STARTTLS), verified by ``context``."""
+        import ssl  # only here: a plain-TCP session never loads it
+
         sock = self._sock
         if sock is None:
             raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
         try:
             sock.settimeout(_remaining(deadline))
-            tls = context.wrap_socket(sock, server_hostname=hostname)
+            # wrap_socket takes any stream socket object; _socket's will do.
+            tls = context.wrap_socket(sock, server_hostname=hostname)  # type: ignore[arg-type]
         except TimeoutError as exc:
             self.kill("TLS handshake timed out")
             raise SMTPOpenTimeout(f"the TLS handshake with {hostname} timed out") from exc
@@ -224,12 +358,12 @@ class Connection:
 
     # ------------------------------------------------------------------ bytes
 
-    def write(self, data: bytes | bytearray, traces: Iterable[str] = ()) -> None:
+    def write(self, data: bytes | bytearray, traces: "Iterable[str]" = ()) -> None:
         """One ``sendall`` under the write timeout; ``traces`` are what the trace shows."""
         sock = self._sock
         if sock is None or self.dead is not None:
             raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
-        if self.trace.on:
+        if traces and self.trace.on:
             for text in traces:
                 self.trace(f"<- {text!r}")
         timeout = self.timeouts.write
@@ -253,13 +387,21 @@ class Connection:
         self,
         *,
         deadline: float | None = None,
-        timeout_error: type[SMTPTimeoutError] = SMTPReadTimeout,
-    ) -> Response:
+        timeout_error: "type[SMTPTimeoutError]" = SMTPReadTimeout,
+    ) -> "Response":
         """The next reply, within ``deadline`` (default: the read timeout from now).
 
         A 421 kills the connection and is raised (the server is closing the
         channel, RFC 5321 section 3.8); any other reply is returned.
         """
+        return self._read_reply(self.trace.on, deadline, timeout_error)
+
+    def _read_reply(
+        self,
+        tracing: bool,
+        deadline: float | None = None,
+        timeout_error: "type[SMTPTimeoutError]" = SMTPReadTimeout,
+    ) -> "Response":
         sock = self._sock
         if sock is None or self.dead is not None:
             raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
@@ -272,7 +414,7 @@ class Connection:
         if reply is None:
             # Nothing buffered answers yet: wait for the network.
             reply = self._receive(sock, proto, deadline, timeout_error)
-        if self.trace.on:
+        if tracing:
             self.trace(f"-> {reply.string!r}")
         if reply.code == 421:
             self.kill(f"the server is closing: {reply}")
@@ -281,21 +423,23 @@ class Connection:
 
     def _receive(
         self,
-        sock: socket.socket,
+        sock: "_socket.socket",
         proto: ClientProtocol,
         deadline: float | None,
-        timeout_error: type[SMTPTimeoutError],
-    ) -> Response:
+        timeout_error: "type[SMTPTimeoutError]",
+    ) -> "Response":
         if deadline is None:
             # One deadline for the whole reply: a server dribbling a byte at a
-            # time cannot stretch it.
-            deadline = _deadline(self.timeouts.read)
+            # time cannot stretch it. The first read waits the whole timeout.
+            timeout = self.timeouts.read
+            deadline = _deadline(timeout)
+        else:
+            timeout = _remaining(deadline)
         while True:
-            remaining = _remaining(deadline)
             try:
-                if remaining is not None and remaining <= 0:
+                if timeout is not None and timeout <= 0:
                     raise TimeoutError
-                sock.settimeout(remaining)
+                sock.settimeout(timeout)
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
                 self.kill("timed out waiting for a reply")
@@ -316,36 +460,39 @@ class Connection:
                 raise
             if reply is not None:
                 return reply
+            timeout = _remaining(deadline)
 
     # ------------------------------------------------------------------ commands
 
-    def send(self, *commands: Command) -> bytes:
+    def send(self, *commands: "Command") -> bytes:
         """The checked bytes of ``commands``, now awaited by the protocol (nothing written)."""
         proto = self.live()
         try:
             return proto.send_many(commands)
         except SMTPError as exc:
-            if proto.state is State.CLOSED:
+            if proto.state is CLOSED:
                 self.kill(str(exc))
             raise
 
-    def exchange(self, command: Command) -> Response:
+    def exchange(self, command: "Command") -> "Response":
         """Send one command in one write and return its reply, whatever it is."""
         data = self.send(command)
-        self.write(data, (command.trace(data),))
-        return self.read_reply()
+        tracing = self.trace.on
+        self.write(data, (command.trace(data),) if tracing else ())
+        return self._read_reply(tracing)
 
-    def pipeline(self, commands: Sequence[Command]) -> list[Response]:
+    def pipeline(self, commands: "Sequence[Command]") -> "list[Response]":
         """Send ``commands`` in one write (PIPELINING) and return their replies in order."""
         wire = self.send(*commands)
-        if self.trace.on:
+        tracing = self.trace.on
+        if tracing:
             # Each command's own line, for the trace (AUTH never comes here).
             lines = wire.split(b"\r\n")
             traces = [c.trace(line + b"\r\n") for c, line in zip(commands, lines, strict=False)]
         else:
             traces = []
         self.write(wire, traces)
-        return [self.read_reply() for _ in commands]
+        return [self._read_reply(tracing) for _ in commands]
 
     # ------------------------------------------------------------------ message bodies
 
@@ -354,7 +501,7 @@ class Connection:
         # The protocol refuses once the connection is dead (connection_lost).
         return self.proto.send_body(data)
 
-    def send_body(self, source: MessageSource) -> Response:
+    def send_body(self, source: "MessageSource") -> "Response":
         """Stream the whole message after a 354, end it, and return the 2xx reply."""
         buffer = bytearray()
         try:
@@ -372,14 +519,18 @@ class Connection:
             raise
         return self.end_body(buffer)
 
-    def end_body(self, buffer: bytearray) -> Response:
+    def end_body(self, buffer: bytearray) -> "Response":
         """Write what is buffered and the end of the message; the reply, raised unless 2xx."""
         proto = self.live()
         buffer += proto.end_body()
-        if self.trace.on:
+        return self._end(proto, buffer)
+
+    def _end(self, proto: ClientProtocol, wire: bytes | bytearray) -> "Response":
+        tracing = self.trace.on
+        if tracing:
             self.trace(f"<- [message data: {proto.body_octets} octets]")
-        self.write(buffer, (".\r\n",))
-        reply = self.read_reply()
+        self.write(wire, (".\r\n",) if tracing else ())
+        reply = self._read_reply(tracing)
         if not reply.success:
             raise error_for_reply(reply)
         return reply
@@ -395,7 +546,7 @@ class MessageWriter:
     truncated message is delivered.
     """
 
-    def __init__(self, connection: Connection, refused: dict[str, Response]) -> None:
+    def __init__(self, connection: Connection, refused: "dict[str, Response]") -> None:
         self._connection = connection
         self._buffer = bytearray()
         self._closed = False
@@ -409,7 +560,7 @@ class MessageWriter:
         return self._closed
 
     @property
-    def result(self) -> SendResult | None:
+    def result(self) -> "SendResult | None":
         """The final reply and the refused recipients, once the message is closed."""
         return None if self.response is None else SendResult(self.response, self.refused)
 
@@ -424,7 +575,7 @@ class MessageWriter:
             self._buffer.clear()
         return len(data)
 
-    def writelines(self, lines: Iterable[str | bytes | bytearray | memoryview]) -> None:
+    def writelines(self, lines: "Iterable[str | bytes | bytearray | memoryview]") -> None:
         """Write each item in turn (like ``IO.writelines``: no line ends are added)."""
         for line in lines:
             self.write(line)
@@ -433,7 +584,7 @@ class MessageWriter:
         """Like ``print(*args, file=...)``: the arguments as text, then a line end."""
         self.write(sep.join(str(arg) for arg in args) + end)
 
-    def close(self) -> Response:
+    def close(self) -> "Response":
         """End the message and return the reply; raises the reply's error when it is not 2xx."""
         if self._closed:
             if self.response is None:
@@ -451,14 +602,14 @@ class MessageWriter:
             self._buffer.clear()
             self._connection.kill("the message was abandoned while being written")
 
-    def __enter__(self) -> MessageWriter:
+    def __enter__(self) -> "MessageWriter":
         return self
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: TracebackType | None,
+        tb: "TracebackType | None",
     ) -> None:
         if exc_type is not None:
             self.abort()

@@ -25,19 +25,36 @@ does no I/O beyond reading the caller's file object, and imports only the
 standard library.
 """
 
-from __future__ import annotations
+# No ``typing``, no ``collections.abc`` and no ``from __future__`` at run time
+# (this is on the path of every ``sendmail`` that relays directly), and ``os``
+# only for file objects. Annotations naming typing-only things are quoted.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import IO, Any, Protocol, TypeAlias
 
-import os
-import stat
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, Protocol, TypeAlias, cast
+    class SupportsRead(Protocol):
+        """A file-like object: ``read(size)`` gives bytes (or str), b"" at the end."""
+
+        def read(self, size: int, /) -> bytes | str | None: ...
+
+    #: Everything ``MessageSource.of`` accepts.
+    MessageInput: TypeAlias = (
+        str
+        | bytes
+        | bytearray
+        | memoryview
+        | IO[bytes]
+        | IO[str]
+        | SupportsRead
+        | Iterable[bytes | bytearray | memoryview | str]
+        | "MessageSource"
+    )
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "BodyEncoder",
-    "MessageInput",
     "MessageSource",
-    "SupportsRead",
     "normalise",
 ]
 
@@ -187,7 +204,7 @@ class _Meter:
         return self.size
 
 
-def _split(chunk: bytes, chunk_size: int) -> Iterator[bytes]:
+def _split(chunk: bytes, chunk_size: int) -> "Iterator[bytes]":
     if len(chunk) <= chunk_size:
         yield chunk
         return
@@ -215,7 +232,7 @@ def _encode_str(text: str) -> bytes:
         ) from exc
 
 
-def _is_measurable_file(fobj: Any) -> bool:
+def _is_measurable_file(fobj: "Any") -> bool:
     """A file whose length is finite and which can be read twice: measured before sending."""
     try:
         if not fobj.seekable():
@@ -227,15 +244,17 @@ def _is_measurable_file(fobj: Any) -> bool:
     except (AttributeError, OSError, ValueError):
         # In-memory files (BytesIO, StringIO) have no descriptor and are finite.
         return True
+    import os
+
     try:
         # /dev/zero and block devices claim to be seekable; only a regular file
-        # has an end that one streaming pass can reach.
-        return stat.S_ISREG(os.fstat(fd).st_mode)
+        # has an end that one streaming pass can reach (S_ISREG, without ``stat``).
+        return os.fstat(fd).st_mode & 0o170000 == 0o100000
     except OSError:
         return False
 
 
-def _read_chunks(fobj: IO[Any], chunk_size: int) -> Iterator[bytes]:
+def _read_chunks(fobj: "IO[Any]", chunk_size: int) -> "Iterator[bytes]":
     while True:
         data = fobj.read(chunk_size)
         if data is None:
@@ -261,7 +280,7 @@ class MessageSource:
 
     def __init__(
         self,
-        chunks: Callable[[], Iterator[bytes]],
+        chunks: "Callable[[], Iterator[bytes]]",
         *,
         size: int | None = None,
         eightbit: bool | None = None,
@@ -276,7 +295,7 @@ class MessageSource:
         return f"<MessageSource size={self.size!r} eightbit={self.eightbit!r}>"
 
     @classmethod
-    def of(cls, msg: MessageInput, chunk_size: int = DEFAULT_CHUNK_SIZE) -> MessageSource:
+    def of(cls, msg: "MessageInput", chunk_size: int = DEFAULT_CHUNK_SIZE) -> "MessageSource":
         """Wrap a str, bytes, bytearray, memoryview, file object or iterable of bytes/str chunks.
 
         A str is encoded UTF-8; a text file is encoded UTF-8 chunk by chunk; an
@@ -302,19 +321,21 @@ class MessageSource:
             raise TypeError(
                 f"a message cannot be a {type(msg).__name__} object; pass msg.as_bytes() instead"
             )
+        import os
+
         if isinstance(msg, os.PathLike):
             raise TypeError(
                 "a message cannot be a path; open the file in binary mode and pass the file object"
             )
         try:
-            iterator = iter(cast("Iterable[object]", msg))
+            iterator: Iterator[object] = iter(msg)  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(
                 "a message must be str, bytes, bytearray, memoryview, a file object or an "
                 f"iterable of bytes; got {type(msg).__name__}"
             ) from None
 
-        def from_iterable() -> Iterator[bytes]:
+        def from_iterable() -> "Iterator[bytes]":
             for item in iterator:
                 data = _as_bytes(item, "the message iterable")
                 if data:
@@ -323,14 +344,14 @@ class MessageSource:
         return cls(from_iterable, chunk_size=chunk_size)
 
     @classmethod
-    def _of_buffer(cls, data: bytes | bytearray, chunk_size: int) -> MessageSource:
+    def _of_buffer(cls, data: bytes | bytearray, chunk_size: int) -> "MessageSource":
         # Measured now: a bytearray changed after this call is sent as it is
         # then, with the size declared from now.
         size = _normalised_length(data)
         if data and data[-1] not in (0x0A, 0x0D):
             size += 2
 
-        def from_buffer() -> Iterator[bytes]:
+        def from_buffer() -> "Iterator[bytes]":
             if isinstance(data, bytes) and len(data) <= chunk_size:
                 if data:
                     yield data
@@ -342,13 +363,13 @@ class MessageSource:
         return cls(from_buffer, size=size, eightbit=not data.isascii(), chunk_size=chunk_size)
 
     @classmethod
-    def _of_view(cls, msg: memoryview, chunk_size: int) -> MessageSource:
+    def _of_view(cls, msg: memoryview, chunk_size: int) -> "MessageSource":
         try:
             view = msg if msg.format == "B" and msg.ndim == 1 else msg.cast("B")
         except TypeError as exc:
             raise TypeError(f"a message memoryview must be contiguous: {exc}") from None
 
-        def from_view() -> Iterator[bytes]:
+        def from_view() -> "Iterator[bytes]":
             for start in range(0, len(view), chunk_size):
                 yield view[start : start + chunk_size].tobytes()
 
@@ -358,7 +379,7 @@ class MessageSource:
         return cls(from_view, size=meter.total(), eightbit=meter.eightbit, chunk_size=chunk_size)
 
     @classmethod
-    def _of_file(cls, fobj: Any, chunk_size: int) -> MessageSource:
+    def _of_file(cls, fobj: "Any", chunk_size: int) -> "MessageSource":
         start = None
         if _is_measurable_file(fobj):
             try:
@@ -381,30 +402,10 @@ class MessageSource:
             chunk_size=chunk_size,
         )
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> "Iterator[bytes]":
         """The raw chunks of the message, in order; a second call raises RuntimeError."""
         factory = self._chunks
         if factory is None:
             raise RuntimeError("MessageSource.chunks() can be used only once")
         self._chunks = None
         return factory()
-
-
-class SupportsRead(Protocol):
-    """A file-like object: ``read(size)`` gives bytes (or str), b"" at the end."""
-
-    def read(self, size: int, /) -> bytes | str | None: ...
-
-
-#: Everything ``MessageSource.of`` accepts.
-MessageInput: TypeAlias = (
-    str
-    | bytes
-    | bytearray
-    | memoryview
-    | IO[bytes]
-    | IO[str]
-    | SupportsRead
-    | Iterable[bytes | bytearray | memoryview | str]
-    | MessageSource
-)

@@ -35,23 +35,27 @@ Mapping an unwanted reply to an exception is the caller's business
 judge.
 """
 
-from __future__ import annotations
-
-import base64
-import enum
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
-
+# No ``enum``, ``dataclasses``, ``collections``, ``typing``, ``base64`` (which
+# brings ``re``) or ``from __future__`` at run time: every ``sendmail`` that
+# relays directly imports this module, and those imports cost more than the
+# SMTP dialogue. States are singletons of a small class, commands ``__slots__``
+# classes, and annotations naming typing-only things are quoted.
 from pysendmail.errors import (
     SMTPMessageTooLarge,
     SMTPServerDisconnected,
     SMTPUnsupportedCommand,
 )
-from pysendmail.smtp.address import DSN_PARAMETERS, Address, check_argument, format_parameter
+from pysendmail.smtp.address import DSN_PARAMETERS, check_argument, format_parameter
 from pysendmail.smtp.encoder import BodyEncoder
-from pysendmail.smtp.reply import Capabilities, ReplyParser, Response, SMTPProtocolError
+from pysendmail.smtp.reply import Capabilities, ReplyParser, SMTPProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, ClassVar
+
+    from pysendmail.smtp.address import Address
+    from pysendmail.smtp.reply import Response
 
 __all__ = [
     "Auth",
@@ -80,18 +84,42 @@ class LocalProtocolError(RuntimeError):
     """The caller asked for something the protocol does not allow now (a bug in the caller)."""
 
 
-class State(enum.Enum):
-    """Where the session is, as far as the replies received so far tell."""
+class State:
+    """Where the session is, as far as the replies received so far tell.
 
-    GREETING = "greeting"  # connected; the server's 220 has not arrived yet
-    CONNECTED = "connected"  # greeted (or just after TLS started): EHLO or HELO is next
-    READY = "ready"  # EHLO/HELO accepted; no mail transaction open
-    MAIL = "mail"  # MAIL FROM accepted; no recipient yet
-    RCPT = "rcpt"  # at least one RCPT TO sent after MAIL
-    BODY = "body"  # 354 received: the message content goes out now
-    AUTH = "auth"  # 334 received: an AUTH response line is due
-    TLS = "tls"  # 220 to STARTTLS: the TLS handshake must start now
-    CLOSED = "closed"  # QUIT, 421, end of connection or a protocol error
+    The states are the class attributes (``State.READY``...), one object each,
+    compared with ``is``; ``name`` and ``value`` read as an enum's would.
+    """
+
+    __slots__ = ("name", "value")
+
+    GREETING: "ClassVar[State]"  # connected; the server's 220 has not arrived yet
+    CONNECTED: "ClassVar[State]"  # greeted (or just after TLS started): EHLO or HELO is next
+    READY: "ClassVar[State]"  # EHLO/HELO accepted; no mail transaction open
+    MAIL: "ClassVar[State]"  # MAIL FROM accepted; no recipient yet
+    RCPT: "ClassVar[State]"  # at least one RCPT TO sent after MAIL
+    BODY: "ClassVar[State]"  # 354 received: the message content goes out now
+    AUTH: "ClassVar[State]"  # 334 received: an AUTH response line is due
+    TLS: "ClassVar[State]"  # 220 to STARTTLS: the TLS handshake must start now
+    CLOSED: "ClassVar[State]"  # QUIT, 421, end of connection or a protocol error
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = name.lower()
+
+    def __repr__(self) -> str:
+        return f"<State.{self.name}: {self.value!r}>"
+
+
+GREETING = State.GREETING = State("GREETING")
+CONNECTED = State.CONNECTED = State("CONNECTED")
+READY = State.READY = State("READY")
+MAIL = State.MAIL = State("MAIL")
+RCPT = State.RCPT = State("RCPT")
+BODY = State.BODY = State("BODY")
+AUTH = State.AUTH = State("AUTH")
+TLS = State.TLS = State("TLS")
+CLOSED = State.CLOSED = State("CLOSED")
 
 
 # --------------------------------------------------------------------------- commands
@@ -100,49 +128,69 @@ class State(enum.Enum):
 class Command:
     """A command the client can send. ``ClientProtocol.send`` turns it into bytes.
 
-    Commands are not frozen (a frozen dataclass costs a microsecond more to
-    build, on the path of every message) but are never changed once made.
+    Commands are plain ``__slots__`` classes (a dataclass costs its import and
+    a microsecond more to build, on the path of every message) and are never
+    changed once made. Two commands are equal when their kind and fields are.
     """
 
     __slots__ = ()
     #: Its verb, for traces and messages.
-    verb: ClassVar[str] = ""
+    verb: "ClassVar[str]" = ""
 
     def trace(self, line: bytes) -> str:
         """How the command appears in a debug trace: as sent, unless it carries secrets."""
         return line.decode("utf-8", "replace")
 
+    def __repr__(self) -> str:
+        names: tuple[str, ...] = self.__slots__
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{type(self).__name__}({fields})"
 
-@dataclass(slots=True)
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        names: tuple[str, ...] = self.__slots__
+        return all(getattr(self, name) == getattr(other, name) for name in names)
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, so not hashable
+
+
 class Ehlo(Command):
     """EHLO domain (RFC 5321 section 4.1.1.1)."""
 
-    domain: str
-    verb: ClassVar[str] = "EHLO"
+    __slots__ = ("domain",)
+    verb = "EHLO"
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
 
 
-@dataclass(slots=True)
 class Helo(Command):
     """HELO domain, for servers that do not speak ESMTP."""
 
-    domain: str
-    verb: ClassVar[str] = "HELO"
+    __slots__ = ("domain",)
+    verb = "HELO"
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
 
 
-@dataclass(slots=True)
 class StartTLS(Command):
     """STARTTLS (RFC 3207)."""
 
-    verb: ClassVar[str] = "STARTTLS"
+    __slots__ = ()
+    verb = "STARTTLS"
 
 
-@dataclass(slots=True)
 class Auth(Command):
     """AUTH mechanism [initial-response] (RFC 4954); ``initial`` is raw, base64 is done here."""
 
-    mechanism: str
-    initial: bytes | None = None
-    verb: ClassVar[str] = "AUTH"
+    __slots__ = ("initial", "mechanism")
+    verb = "AUTH"
+
+    def __init__(self, mechanism: str, initial: bytes | None = None) -> None:
+        self.mechanism = mechanism
+        self.initial = initial
 
     def trace(self, line: bytes) -> str:
         if self.initial is None:
@@ -154,12 +202,14 @@ class Auth(Command):
         return f"Auth({self.mechanism!r}, <redacted>)"
 
 
-@dataclass(slots=True)
 class AuthResponse(Command):
     """One answer to a 334 challenge; ``data`` is raw, base64 is done here."""
 
-    data: bytes
-    verb: ClassVar[str] = "AUTH response"
+    __slots__ = ("data",)
+    verb = "AUTH response"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
     def trace(self, line: bytes) -> str:
         return "<redacted>\r\n"
@@ -168,14 +218,13 @@ class AuthResponse(Command):
         return "AuthResponse(<redacted>)"
 
 
-@dataclass(slots=True)
 class AuthCancel(Command):
     """The line "*": abandons an AUTH exchange after a 334 (RFC 4954 section 4)."""
 
-    verb: ClassVar[str] = "AUTH cancel"
+    __slots__ = ()
+    verb = "AUTH cancel"
 
 
-@dataclass(slots=True)
 class Mail(Command):
     """MAIL FROM, with the parameters the session decides on.
 
@@ -186,78 +235,96 @@ class Mail(Command):
     (the sender's own address is looked at here).
     """
 
-    sender: Address
-    size: int | None = None
-    eightbit: bool = False
-    smtputf8: bool = False
-    verb: ClassVar[str] = "MAIL"
+    __slots__ = ("eightbit", "sender", "size", "smtputf8")
+    verb = "MAIL"
+
+    def __init__(
+        self,
+        sender: "Address",
+        size: int | None = None,
+        eightbit: bool = False,
+        smtputf8: bool = False,
+    ) -> None:
+        self.sender = sender
+        self.size = size
+        self.eightbit = eightbit
+        self.smtputf8 = smtputf8
+
+    def __repr__(self) -> str:
+        return (
+            f"Mail(sender={self.sender!r}, size={self.size!r}, "
+            f"eightbit={self.eightbit!r}, smtputf8={self.smtputf8!r})"
+        )
 
 
-@dataclass(slots=True)
 class Rcpt(Command):
     """RCPT TO, with the recipient's own parameters."""
 
-    recipient: Address
-    verb: ClassVar[str] = "RCPT"
+    __slots__ = ("recipient",)
+    verb = "RCPT"
+
+    def __init__(self, recipient: "Address") -> None:
+        self.recipient = recipient
 
 
-@dataclass(slots=True)
 class Data(Command):
     """DATA: the server answers 354 and the body follows."""
 
-    verb: ClassVar[str] = "DATA"
+    __slots__ = ()
+    verb = "DATA"
 
 
-@dataclass(slots=True)
 class Rset(Command):
     """RSET: abandons the mail transaction."""
 
-    verb: ClassVar[str] = "RSET"
+    __slots__ = ()
+    verb = "RSET"
 
 
-@dataclass(slots=True)
 class Noop(Command):
     """NOOP."""
 
-    verb: ClassVar[str] = "NOOP"
+    __slots__ = ()
+    verb = "NOOP"
 
 
-@dataclass(slots=True)
 class Quit(Command):
     """QUIT: the server answers 221 and closes."""
 
-    verb: ClassVar[str] = "QUIT"
+    __slots__ = ()
+    verb = "QUIT"
 
 
-@dataclass(slots=True)
 class _Greeting(Command):
-    verb: ClassVar[str] = "greeting"
+    __slots__ = ()
+    verb = "greeting"
 
 
-@dataclass(slots=True)
 class _EndOfData(Command):
-    verb: ClassVar[str] = "end of data"
+    __slots__ = ()
+    verb = "end of data"
 
 
 _GREETING = _Greeting()
 _END = _EndOfData()
+_DATA = Data()
 
 # The states each command may be sent in. EHLO and RSET may interrupt a mail
 # transaction (RFC 5321 sections 4.1.4 and 4.1.1.5); nothing may be sent while
 # the server reads a body, an AUTH answer or a TLS handshake, because it would
 # take the command for one of those.
-_OPEN = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
-# Tuples, not sets: a membership test by identity is cheaper than hashing an enum.
-_ALLOWED: dict[type[Command], tuple[State, ...]] = {
+_OPEN = (CONNECTED, READY, MAIL, RCPT)
+# Tuples, not sets: a membership test by identity is cheaper than hashing.
+_ALLOWED: "dict[type[Command], tuple[State, ...]]" = {
     Ehlo: _OPEN,
     Helo: _OPEN,
-    StartTLS: (State.READY,),
-    Auth: (State.READY,),
-    AuthResponse: (State.AUTH,),
-    AuthCancel: (State.AUTH,),
-    Mail: (State.READY,),
-    Rcpt: (State.MAIL, State.RCPT),
-    Data: (State.RCPT,),
+    StartTLS: (READY,),
+    Auth: (READY,),
+    AuthResponse: (AUTH,),
+    AuthCancel: (AUTH,),
+    Mail: (READY,),
+    Rcpt: (MAIL, RCPT),
+    Data: (RCPT,),
     Rset: _OPEN,
     Noop: _OPEN,
     Quit: _OPEN,
@@ -274,44 +341,47 @@ def _ok(code: int | None) -> bool:
 
 # The one transition table of the session: the state after a command got a
 # reply with ``code``, or, with ``code`` None, the state if it succeeds.
-_TRANSITIONS: dict[type[Command], Callable[[State, int | None], State]] = {
+_TRANSITIONS: "dict[type[Command], Callable[[State, int | None], State]]" = {
     # A 554 greeting still leaves the server waiting for QUIT.
-    _Greeting: lambda state, code: State.CONNECTED,
-    Ehlo: lambda state, code: State.READY if _ok(code) else state,
-    Helo: lambda state, code: State.READY if _ok(code) else state,
-    StartTLS: lambda state, code: State.TLS if code in (None, 220) else State.READY,
-    Auth: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
-    AuthResponse: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
-    AuthCancel: lambda state, code: State.AUTH if code in (None, 334) else State.READY,
-    Mail: lambda state, code: State.MAIL if _ok(code) else State.READY,
-    Rcpt: lambda state, code: State.RCPT if _ok(code) else state,
+    _Greeting: lambda state, code: CONNECTED,
+    Ehlo: lambda state, code: READY if _ok(code) else state,
+    Helo: lambda state, code: READY if _ok(code) else state,
+    StartTLS: lambda state, code: TLS if code in (None, 220) else READY,
+    Auth: lambda state, code: AUTH if code in (None, 334) else READY,
+    AuthResponse: lambda state, code: AUTH if code in (None, 334) else READY,
+    AuthCancel: lambda state, code: AUTH if code in (None, 334) else READY,
+    Mail: lambda state, code: MAIL if _ok(code) else READY,
+    Rcpt: lambda state, code: RCPT if _ok(code) else state,
     # 354 opens the body even when no recipient was accepted (a server bug):
     # the caller must then end an empty body at once (RFC 2920).
-    Data: lambda state, code: State.BODY if code in (None, 354) else state,
-    _EndOfData: lambda state, code: State.READY,
+    Data: lambda state, code: BODY if code in (None, 354) else state,
+    _EndOfData: lambda state, code: READY,
     # RSET before EHLO leaves the server still waiting for EHLO.
-    Rset: lambda state, code: State.READY if _ok(code) and state is not State.CONNECTED else state,
+    Rset: lambda state, code: READY if _ok(code) and state is not CONNECTED else state,
     Noop: lambda state, code: state,
-    Quit: lambda state, code: State.CLOSED,
+    Quit: lambda state, code: CLOSED,
 }
 
 
 def _advance(state: State, command: Command, code: int | None) -> State:
     """The state after ``command`` got a reply with ``code`` (None: assume it succeeds)."""
     if code == 421:
-        return State.CLOSED
+        return CLOSED
     return _TRANSITIONS[type(command)](state, code)
 
 
 # Commands without arguments: their bytes never change.
-_SIMPLE_LINES: dict[type[Command], bytes] = {
+_SIMPLE_LINES: "dict[type[Command], bytes]" = {
     kind: kind.verb.encode("ascii") + _CRLF for kind in (StartTLS, Data, Rset, Noop, Quit)
 }
 _SIMPLE_LINES[AuthCancel] = b"*\r\n"
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # binascii (C) rather than base64, which imports re; only AUTH needs it.
+    import binascii
+
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 class ClientProtocol:
@@ -323,13 +393,35 @@ class ClientProtocol:
     ``authenticated`` and ``pending`` (replies still to come).
     """
 
+    __slots__ = (
+        "_8bitmime",
+        "_body_octets",
+        "_closed_reason",
+        "_dsn",
+        "_encoder",
+        "_eof",
+        "_max_size",
+        "_parser",
+        "_pending",
+        "_pipelining",
+        "_projected",
+        "_size",
+        "_smtputf8",
+        "authenticated",
+        "capabilities",
+        "esmtp",
+        "state",
+    )
+
     def __init__(self) -> None:
         self._parser = ReplyParser()
-        self._pending: deque[Command] = deque([_GREETING])
-        self.state: State = State.GREETING
+        # The commands whose replies are due, oldest first (a list: there are
+        # rarely more than a handful, and list.pop(0) needs no import).
+        self._pending: list[Command] = [_GREETING]
+        self.state: State = GREETING
         # The state once every pending command has succeeded: what the next
         # command is checked against when pipelining.
-        self._projected = State.CONNECTED
+        self._projected = CONNECTED
         self.esmtp = False
         self.authenticated = False
         self._eof = False
@@ -387,14 +479,15 @@ class ClientProtocol:
             return
         self._parser.feed(data)
 
-    def next_reply(self) -> Response | None:
+    def next_reply(self) -> "Response | None":
         """The reply to the oldest pending command, or None when more bytes are needed.
 
         Raises ``SMTPServerDisconnected`` when the connection ended first and
         ``SMTPProtocolError`` when the server sent something malformed; both
         close the session.
         """
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             raise LocalProtocolError("no reply is due: no command is waiting for one")
         try:
             reply = self._parser.next_reply()
@@ -404,45 +497,45 @@ class ClientProtocol:
         if reply is None:
             if self._eof:
                 where = " in the middle of a reply" if self._parser.buffered else ""
-                verb = self._pending[0].verb
+                verb = pending[0].verb
                 self._close(f"the server closed the connection{where}")
                 raise SMTPServerDisconnected(
                     f"the server closed the connection{where} (waiting for the reply to {verb})"
                 )
             return None
-        command = self._pending.popleft()
-        self._on_reply(command, reply)
+        self._on_reply(pending.pop(0), reply)
         return reply
 
-    def _on_reply(self, command: Command, reply: Response) -> None:
+    def _on_reply(self, command: Command, reply: "Response") -> None:
         code = reply.code
         before = self.state
         kind = type(command)
-        self.state = state = _advance(before, command, code)
-        if state is State.CLOSED:
+        self.state = state = CLOSED if code == 421 else _TRANSITIONS[kind](before, code)
+        if state is CLOSED:
             self._closed_reason = f"the server said: {reply}"
             self._pending.clear()
-            self._projected = State.CLOSED
+            self._projected = CLOSED
             return
-        if kind is Ehlo:
-            if reply.success:
-                self._set_capabilities(reply.capabilities)
-                self.esmtp = True
-        elif kind is Helo:
-            if reply.success:
-                self._set_capabilities(Capabilities())
-                self.esmtp = False
-        elif kind is Auth or kind is AuthResponse:
-            if reply.success:
-                self.authenticated = True
-        elif kind is StartTLS and code == 220 and self._parser.buffered:
-            # Whatever follows the 220 was sent in plaintext before the
-            # handshake: an attacker's injection (CVE-2011-0411 in reverse).
-            # It is dropped here and again in tls_started().
-            self._parser.clear()
+        if kind in _REPLY_HOOKS:
+            if kind is Ehlo:
+                if reply.success:
+                    self._set_capabilities(reply.capabilities)
+                    self.esmtp = True
+            elif kind is Helo:
+                if reply.success:
+                    self._set_capabilities(Capabilities())
+                    self.esmtp = False
+            elif kind is Auth or kind is AuthResponse:
+                if reply.success:
+                    self.authenticated = True
+            elif code == 220 and self._parser.buffered:  # StartTLS
+                # Whatever follows the 220 was sent in plaintext before the
+                # handshake: an attacker's injection (CVE-2011-0411 in reverse).
+                # It is dropped here and again in tls_started().
+                self._parser.clear()
         if not self._pending:
             self._projected = state
-        elif state is not _advance(before, command, None):
+        elif state is not _TRANSITIONS[kind](before, None):
             # Not what was assumed when later commands were checked:
             # recompute where the still pending commands lead from here.
             projected: State = state
@@ -451,8 +544,8 @@ class ClientProtocol:
             self._projected = projected
 
     def _close(self, reason: str) -> None:
-        self.state = State.CLOSED
-        self._projected = State.CLOSED
+        self.state = CLOSED
+        self._projected = CLOSED
         self._pending.clear()
         self._encoder = None
         if not self._closed_reason:
@@ -480,10 +573,11 @@ class ClientProtocol:
             raise LocalProtocolError(f"not a command that can be sent: {command!r}")
         line = render(self, command)
         # Belt and braces: whatever built the line, no control character leaves.
-        check_argument(line, f"{command.verb} command")
-        if line.isascii():
-            return line.encode("ascii") + _CRLF
-        return line.encode("utf-8") + _CRLF
+        # (A printable line has none: one C call in the common case.)
+        if not line.isprintable():
+            check_argument(line, f"{command.verb} command")
+        # UTF-8 is ASCII for an ASCII line.
+        return (line + "\r\n").encode()
 
     def _hello_line(self, command: Ehlo | Helo) -> str:
         domain = check_argument(command.domain, f"{command.verb} name")
@@ -506,14 +600,14 @@ class ClientProtocol:
     def _auth_response_line(self, command: AuthResponse) -> str:
         return _b64(command.data)
 
-    def _check_utf8(self, address: Address, what: str) -> None:
+    def _check_utf8(self, address: "Address", what: str) -> None:
         if not self._smtputf8 and address.needs_smtputf8():
             raise SMTPUnsupportedCommand(
                 f"the {what} address {address.address!r} is not ASCII and the server "
                 "does not offer SMTPUTF8"
             )
 
-    def _parameters(self, address: Address) -> dict[str, str | None]:
+    def _parameters(self, address: "Address") -> dict[str, str | None]:
         if not address.parameters:
             return {}
         params = dict(address.parameters)
@@ -526,8 +620,9 @@ class ClientProtocol:
 
     def _mail_line(self, command: Mail) -> str:
         sender = command.sender
-        self._check_utf8(sender, "sender")
-        params = self._parameters(sender)
+        address = sender.address
+        if not address.isascii():
+            self._check_utf8(sender, "sender")
         size = command.size
         if size is not None:
             limit = self._max_size
@@ -535,30 +630,50 @@ class ClientProtocol:
                 raise SMTPMessageTooLarge(
                     f"the message is {size} octets and the server accepts at most {limit}"
                 )
-            if self._size:
-                params.setdefault("SIZE", str(size))
+        if not sender.parameters:
+            # The common case, without the dictionary: the same parameters in
+            # the same order as below.
+            text = ""
+            if size is not None and self._size:
+                text = f" SIZE={size}"
+            if command.eightbit and self._8bitmime:
+                text += " BODY=8BITMIME"
+            if command.smtputf8 or not address.isascii():
+                if not self._smtputf8:
+                    raise SMTPUnsupportedCommand(
+                        "an address needs SMTPUTF8 (RFC 6531) and the server does not offer it"
+                    )
+                text += " SMTPUTF8"
+            return f"MAIL FROM:<{address}>{text}"
+        params = self._parameters(sender)
+        if size is not None and self._size:
+            params.setdefault("SIZE", str(size))
         if command.eightbit and self._8bitmime:
             params.setdefault("BODY", "8BITMIME")
-        if command.smtputf8 or sender.needs_smtputf8() or "SMTPUTF8" in params:
+        if command.smtputf8 or not address.isascii() or "SMTPUTF8" in params:
             if not self._smtputf8:
                 raise SMTPUnsupportedCommand(
                     "an address needs SMTPUTF8 (RFC 6531) and the server does not offer it"
                 )
             params.setdefault("SMTPUTF8", None)
         text = "".join(" " + format_parameter(k, v) for k, v in params.items())
-        return f"MAIL FROM:<{sender.address}>{text}"
+        return f"MAIL FROM:<{address}>{text}"
 
     def _rcpt_line(self, command: Rcpt) -> str:
         recipient = command.recipient
-        if not recipient.address:
+        address = recipient.address
+        if not address:
             raise ValueError("a recipient address cannot be empty")
-        self._check_utf8(recipient, "recipient")
+        if not address.isascii():
+            self._check_utf8(recipient, "recipient")
+        if not recipient.parameters:
+            return f"RCPT TO:<{address}>"
         params = self._parameters(recipient)
         text = "".join(" " + format_parameter(k, v) for k, v in params.items())
-        return f"RCPT TO:<{recipient.address}>{text}"
+        return f"RCPT TO:<{address}>{text}"
 
     def _check_open(self) -> None:
-        if self.state is State.CLOSED or self._projected is State.CLOSED:
+        if self.state is CLOSED or self._projected is CLOSED:
             reason = self._closed_reason or "the session is closed"
             raise SMTPServerDisconnected(f"the SMTP session is closed: {reason}")
 
@@ -566,7 +681,7 @@ class ClientProtocol:
         """Check ``command`` against the state, then return its bytes and await its reply."""
         return self.send_many((command,))
 
-    def send_many(self, commands: Sequence[Command]) -> bytes:
+    def send_many(self, commands: "Sequence[Command]") -> bytes:
         """The bytes of several commands for one write: all of them are queued, or none.
 
         Every command is checked (arguments, extensions, the state each one
@@ -576,13 +691,15 @@ class ClientProtocol:
         """
         self._check_open()
         projected = self._projected
-        waiting = bool(self._pending)
+        pending = self._pending
+        waiting = bool(pending)
         for command in commands:
-            allowed = _ALLOWED.get(type(command))
+            kind = type(command)
+            allowed = _ALLOWED.get(kind)
             if allowed is None:
                 raise LocalProtocolError(f"not a command that can be sent: {command!r}")
             if waiting:
-                if type(command) in _NOT_PIPELINABLE:
+                if kind in _NOT_PIPELINABLE:
                     raise LocalProtocolError(
                         f"{command.verb} must wait for the replies to the commands before it"
                     )
@@ -595,20 +712,19 @@ class ClientProtocol:
                 raise LocalProtocolError(
                     f"{command.verb} is not allowed now (session state: {projected.value})"
                 )
-            projected = _advance(projected, command, None)
+            projected = _TRANSITIONS[kind](projected, None)
             waiting = True
         if len(commands) == 1:
             data = self.encode(commands[0])
         else:
             data = b"".join([self.encode(command) for command in commands])
-        self._check_unsolicited()
-        self._pending.extend(commands)
+        if not pending and self._parser.buffered:
+            self._check_unsolicited()
+        pending.extend(commands)
         self._projected = projected
         return data
 
     def _check_unsolicited(self) -> None:
-        if self._pending or not self._parser.buffered:
-            return
         # Bytes nobody asked for would be taken as the reply to this command.
         # Only a 421 may come unasked (RFC 5321 section 3.8): it then answers
         # this command and closes the session.
@@ -624,40 +740,46 @@ class ClientProtocol:
         forgotten: RFC 3207 section 4.2 says EHLO must be sent again and
         nothing learnt in plaintext be trusted.
         """
-        if self.state is not State.TLS:
+        if self.state is not TLS:
             raise LocalProtocolError("tls_started() without a 220 reply to STARTTLS")
         self._parser.clear()
         self._set_capabilities(Capabilities())
         self.esmtp = False
-        self.state = self._projected = State.CONNECTED
+        self.state = self._projected = CONNECTED
 
     # ------------------------------------------------------------------ the body
 
+    def _check_body(self, what: str) -> None:
+        if self.state is not BODY or self._pending:
+            self._check_open()
+            raise LocalProtocolError(f"{what} only after a 354 reply to DATA")
+
     def send_body(self, data: bytes | bytearray | memoryview) -> bytes:
         """Wire bytes for a piece of the message: line ends normalised, leading dots doubled."""
-        if self.state is not State.BODY or self._pending:
-            self._check_open()
-            raise LocalProtocolError("message data may be sent only after a 354 reply to DATA")
+        if self.state is not BODY or self._pending:
+            self._check_body("message data may be sent")
         if self._encoder is None:
             self._encoder = BodyEncoder()
         return self._encoder.feed(data)
 
     def end_body(self) -> bytes:
         """The rest of the message, a final CRLF if it lacks one, and the "." line."""
-        if self.state is not State.BODY or self._pending:
-            self._check_open()
-            raise LocalProtocolError("the message can be ended only after a 354 reply to DATA")
+        if self.state is not BODY or self._pending:
+            self._check_body("the message can be ended")
         encoder = self._encoder or BodyEncoder()
         self._encoder = None
         tail = encoder.finish()
         self._body_octets = encoder.size
         self._pending.append(_END)
-        self._projected = State.READY
+        self._projected = READY
         return tail + _END_OF_DATA
 
 
+# The commands whose reply changes more than the state (see _on_reply).
+_REPLY_HOOKS = frozenset({Ehlo, Helo, Auth, AuthResponse, StartTLS})
+
 # How each command with arguments becomes its line (without CRLF).
-_RENDER: dict[type[Command], Callable[[ClientProtocol, Any], str]] = {
+_RENDER: "dict[type[Command], Callable[[ClientProtocol, Any], str]]" = {
     Mail: ClientProtocol._mail_line,
     Rcpt: ClientProtocol._rcpt_line,
     Ehlo: ClientProtocol._hello_line,

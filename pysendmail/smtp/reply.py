@@ -20,12 +20,17 @@ This module does no I/O and imports nothing but the standard library and the
 project's error classes.
 """
 
-from __future__ import annotations
-
-import re
-from collections.abc import Iterable, Iterator, Mapping
+# No ``re``, ``typing`` or ``collections`` at run time, and no ``from __future__``:
+# ``sendmail`` imports this module for every message it relays directly, and
+# those imports alone cost more than the SMTP dialogue (see DESIGN.md,
+# Performance budgets). Annotations that name typing-only things are quoted.
+from _collections_abc import Mapping  # what collections.abc re-exports, without collections
 
 from pysendmail.errors import SMTPUnknownError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 __all__ = [
     "MAX_LINE_LENGTH",
@@ -43,17 +48,30 @@ MAX_LINE_LENGTH = 2048
 #: wild have about 20; this bounds a reply to half a megabyte.
 MAX_REPLY_LINES = 256
 
-# RFC 3463 section 2: class "." subject "." detail, with 1-3 digit parts,
-# followed by the end of the text or white space.
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=[ \t]|$)")
-# A whole one-line reply with nothing to check or clean: code, optional text
-# of printable ASCII (and TAB), line end.
-_SIMPLE_LINE = re.compile(rb"([0-9]{3}(?: [\t\x20-\x7e]*)?)\r?\n")
-# RFC 5321 section 4.1.1.1: ehlo-keyword.
-_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # C0 controls (TAB kept: some servers indent with it) and DEL, C1 controls:
 # what a terminal would act on if an error message were printed.
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_UNSAFE = dict.fromkeys((*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0)), "\ufffd")
+
+
+def _is_keyword(word: str) -> bool:
+    """RFC 5321 section 4.1.1.1 ehlo-keyword: ``[A-Za-z0-9][A-Za-z0-9-]*``."""
+    return word.isascii() and word[:1].isalnum() and word.replace("-", "").isalnum()
+
+
+def _enhanced(text: str, klass: str) -> str | None:
+    """The RFC 3463 code ``klass.subject.detail`` that starts ``text``, or None.
+
+    Each part after the class has 1-3 digits, and the code is followed by the
+    end of the text or white space (a space or a TAB).
+    """
+    code = text.split(" ", 1)[0].split("\t", 1)[0]
+    parts = code.split(".")
+    if len(parts) != 3 or parts[0] != klass or klass not in "245":
+        return None
+    for part in parts[1:]:
+        if not 1 <= len(part) <= 3 or not part.isdecimal():
+            return None
+    return code
 
 
 class SMTPProtocolError(SMTPUnknownError):
@@ -75,7 +93,7 @@ class Capabilities(Mapping[str, list[str]]):
 
     __slots__ = ("_items",)
 
-    def __init__(self, lines: Iterable[str] = ()) -> None:
+    def __init__(self, lines: "Iterable[str]" = ()) -> None:
         items: dict[str, list[str]] = {}
         for line in lines:
             words = line.split()
@@ -85,7 +103,7 @@ class Capabilities(Mapping[str, list[str]]):
             if keyword[:5].upper() == "AUTH=":
                 # Pre-RFC 2554 servers announce "AUTH=LOGIN PLAIN": the same list.
                 keyword, params = "AUTH", [keyword[5:], *params]
-            if not _KEYWORD.fullmatch(keyword):
+            if not _is_keyword(keyword):
                 continue
             keyword = keyword.upper()
             if keyword == "AUTH":
@@ -102,7 +120,7 @@ class Capabilities(Mapping[str, list[str]]):
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key.upper() in self._items
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> "Iterator[str]":
         return iter(self._items)
 
     def __len__(self) -> int:
@@ -137,7 +155,7 @@ class Response:
         self.string = string
 
     @classmethod
-    def parse(cls, data: bytes | str) -> Response:
+    def parse(cls, data: bytes | str) -> "Response":
         """The one complete reply in ``data``; SMTPProtocolError for anything else."""
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         parser = ReplyParser()
@@ -160,10 +178,7 @@ class Response:
         "550 2.1.5 ..." is a server bug, and trusting the 2 would turn a
         refusal into a success when deciding temporary versus permanent.
         """
-        match = _ENHANCED.match(self.lines[0])
-        if match is None or match.group(1) != self.status[0]:
-            return None
-        return match.group(0)
+        return _enhanced(self.lines[0], self.status[0])
 
     @property
     def success(self) -> bool:
@@ -176,7 +191,7 @@ class Response:
         return 300 <= self.code < 400
 
     @property
-    def capabilities(self) -> Capabilities:
+    def capabilities(self) -> "Capabilities":
         """For an EHLO reply, the extensions its lines after the first announce."""
         return Capabilities(self.lines[1:])
 
@@ -200,9 +215,10 @@ def _clean(line: bytes | bytearray) -> str:
         text = line.decode("ascii")
     except UnicodeDecodeError:
         text = line.decode("utf-8", "replace")
-    if _UNSAFE.search(text) is None:
+    if text.isprintable():
+        # Nothing unsafe is printable: the common case, in one C call.
         return text
-    return _UNSAFE.sub("\ufffd", text)
+    return text.translate(_UNSAFE)
 
 
 class ReplyParser:
@@ -259,13 +275,23 @@ class ReplyParser:
         if not buffer:
             return None
         if not self._lines:
-            # The common case, a one-line reply of printable ASCII, in one C call.
-            match = _SIMPLE_LINE.match(buffer)
-            if match is not None and match.end() <= MAX_LINE_LENGTH:
-                line = match.group(1).decode("ascii")
-                del buffer[: match.end()]
-                self._scanned = 0
-                return Response(line[:3], (line[4:],), line + "\r\n")
+            # The common case, a one-line reply of printable ASCII ("250 2.1.0
+            # Ok"), with a few C calls; anything else (a TAB, 8-bit text, a
+            # continuation line, a malformed line) takes the general path.
+            end = buffer.find(b"\n", self._scanned)
+            if 3 <= end < MAX_LINE_LENGTH:
+                line = buffer[: end - 1 if buffer[end - 1] == 0x0D else end]
+                if line.isascii():
+                    text = line.decode("ascii")
+                    if (
+                        len(text) >= 3
+                        and text[:3].isdigit()
+                        and text[3:4] in ("", " ")
+                        and text.isprintable()
+                    ):
+                        del buffer[: end + 1]
+                        self._scanned = 0
+                        return Response(text[:3], (text[4:],), text + "\r\n")
         try:
             return self._next_reply()
         except SMTPProtocolError as exc:
