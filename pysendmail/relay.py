@@ -80,7 +80,7 @@ class RecipientResult:
 class DeliveryReport:
     """What happened to one message on one attempt."""
 
-    __slots__ = ("error", "recipients", "relay", "started")
+    __slots__ = ("error", "opened", "recipients", "relay", "started")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -88,6 +88,9 @@ class DeliveryReport:
         self.recipients: list[RecipientResult] = []
         #: The error that ended the attempt for every recipient not yet judged.
         self.error: errors.PysendmailError | None = None
+        #: False when no session could be opened (connect, greeting, EHLO, TLS,
+        #: AUTH): the error is about the smarthost, not about this message.
+        self.opened = False
 
     @property
     def delay(self) -> float:
@@ -197,6 +200,9 @@ class Relay:
         key = id(relay)
         smtp = self._sessions.get(key)
         if smtp is not None:
+            # RSET between messages, as Postfix does when it reuses a cached
+            # connection: it resets whatever a refused transaction left, and
+            # proves the connection still lives before anything is sent.
             try:
                 smtp.rset()
                 return smtp
@@ -256,13 +262,18 @@ class Relay:
                     continue
                 break
             report.relay = _describe(relay, smtp)
+            report.opened = True
             message.seek(start)
+            key = id(relay)
             try:
                 self._transaction(smtp, envelope, by_address, wanted, message, report)
             except errors.SMTPError as exc:
                 # Never fail over once MAIL went out: the first relay may already
                 # hold the message, and a second copy is worse than a retry.
-                self._drop(id(relay))
+                # An ordinary refusal leaves the session usable (RSET comes
+                # next); a lost, timed-out or closing (421) session does not.
+                if exc.response is None or exc.code == 421:
+                    self._drop(key)
                 report.error = exc
                 if not report.recipients:
                     text = reply_text(exc.response) or str(exc)

@@ -35,8 +35,8 @@ Verdicts: the relay judges each recipient sent, bounced (5xx) or deferred.
 The runner overrides one thing: an error that says the *smarthost* cannot
 take mail from us now, rather than that the *message* is refused, defers
 instead of bouncing. That is any error while the session was being opened
-(connect, greeting, even a 554 one, EHLO, STARTTLS, AUTH: ``SessionRelay``
-marks them; Postfix's ``smtp_skip_5xx_greeting`` does the same) and, at any
+(connect, greeting, even a 554 one, EHLO, STARTTLS, AUTH: the relay reports
+them with ``opened=False``; Postfix's ``smtp_skip_5xx_greeting`` does the same) and, at any
 point, authentication, TLS, a missing required extension or our own
 configuration: fixing a password must not leave a trail of bounced mail.
 A route that could not be opened is not tried again in the same run; the
@@ -88,8 +88,6 @@ if TYPE_CHECKING:
     from pysendmail.config import Settings
     from pysendmail.config.settings import Relay as RelaySettings
     from pysendmail.message.envelope import Envelope
-    from pysendmail.relay import RelayConfig
-    from pysendmail.smtp import SMTP
 
 #: A worker (one more connection) is started for each this many due messages,
 #: up to ``queue.connections``: a new connection only pays for itself when it
@@ -133,30 +131,6 @@ class RelayLike(Protocol):
 
 #: Set on an error raised while a session was being opened (connect, greeting,
 #: EHLO, STARTTLS, AUTH): nothing of the message reached the server.
-_OPENING = "_pysendmail_while_opening"
-
-
-class SessionRelay(Relay):
-    """The runner's relay: tells errors that happened before any message was sent.
-
-    Such an error is about the smarthost, not the message (a 554 greeting, a
-    refused connection, a wrong password): the runner defers instead of
-    bouncing, and stops trying that route for the rest of the run.
-    """
-
-    def _open(self, relay: RelayConfig) -> SMTP:
-        try:
-            return super()._open(relay)
-        except errors.PysendmailError as exc:
-            setattr(exc, _OPENING, True)
-            raise
-
-
-def failed_while_opening(error: BaseException | None) -> bool:
-    """True for an error that a ``SessionRelay`` raised before the message was sent."""
-    return bool(getattr(error, _OPENING, False))
-
-
 class StateWriteError(errors.PysendmailError):
     """A state file could not be written: the run stops before it can duplicate mail."""
 
@@ -308,7 +282,7 @@ class Runner:
         def password(relay: Any) -> str | None:
             return resolve(relay, settings)
 
-        return SessionRelay(
+        return Relay(
             list(settings.relays),  # type: ignore[arg-type]  # the settings' Relay is a RelayConfig
             helo=settings.general.hostname,
             password=password,
@@ -551,7 +525,7 @@ class Runner:
             report = DeliveryReport(time.monotonic())
             text = f"internal error: {type(exc).__name__}: {exc}"
             report.recipients = [RecipientResult(a, DEFERRED, text) for a in pending]
-        opening = failed_while_opening(report.error)
+        opening = not report.opened
         if opening or isinstance(report.error, _SITE_ERRORS):
             for result in report.recipients:
                 if result.status == BOUNCED:
