@@ -62,6 +62,8 @@ SPOOL_MEMORY = 256 * 1024
 READ_LIMIT = 65536
 #: Failed AUTH attempts after which a session is ended.
 MAX_AUTH_FAILURES = 3
+#: Unrecognized commands after which a session is ended.
+MAX_UNKNOWN_COMMANDS = 10
 #: How aiosmtpd's address parser spells the null reverse-path for us.
 NULL_PATH = "<>"
 #: A reply that ``push`` does not send (the session ended without a word).
@@ -482,6 +484,88 @@ async def _b64_argument(server: SMTPSession, text: str) -> bytes | None:
         return None
 
 
+def _split_path(text: str) -> tuple[str, str] | None:
+    """``<...>`` at the start of ``text``: (inside, rest); a ``>`` inside quotes does not end it."""
+    if not text.startswith("<"):
+        return None
+    quoted = escaped = False
+    for i in range(1, len(text)):
+        c = text[i]
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return text[1:i], text[i + 1 :]
+    return None
+
+
+def parse_path(arg: str) -> tuple[str | None, str | None]:
+    """aiosmtpd's ``_getaddr`` contract, strict (see ``SMTPSession._getaddr``)."""
+    from pysendmail.message.addresses import parse_address_list
+
+    text = arg.lstrip()
+    if not text.startswith("<"):
+        return "", None  # no angle brackets: a syntax error (501)
+    split = _split_path(text)
+    if split is None:
+        return None, None  # "<" without its ">": a malformed address (553)
+    inside, rest = split
+    if rest and not rest[0].isspace():
+        return "", None
+    if inside == "":
+        return NULL_PATH, rest
+    if inside.startswith("@"):
+        # An obsolete source route (@a,@b:user@c): RFC 5321 says to ignore it.
+        _, colon, inside = inside.partition(":")
+        if not colon:
+            return None, None
+    try:
+        if parse_address_list(inside) != [inside]:
+            return None, None  # more than one address, or not an address at all
+    except errors.DataError:
+        return None, None
+    return inside, rest
+
+
+def _clean_argument(arg: str) -> bool:
+    """No control character (C0, DEL, C1) and no undecodable byte (a lone surrogate)."""
+    return arg.isprintable() and not any("\udc80" <= c <= "\udcff" for c in arg)
+
+
+class _Commands(dict[str, Any]):
+    """aiosmtpd's command table, looked up through ``get``: checked, and 502 for the unknown.
+
+    aiosmtpd answers an unknown verb with 500 and passes any argument on,
+    control characters and undecodable bytes included. Here an unknown verb is
+    ``502 5.5.2`` (as Postfix says), and an argument with a control character
+    or a byte that is not UTF-8 is ``500 5.5.2`` before any command sees it.
+    """
+
+    def __init__(self, methods: dict[str, Any], session: SMTPSession) -> None:
+        super().__init__(methods)
+        self._session = session
+
+    def get(self, key: str, default: Any = None) -> Any:
+        import functools
+
+        method = super().get(key)
+        session = self._session
+        if method is None:
+            return session.unknown_command
+
+        @functools.wraps(method)
+        async def checked(arg: str | None) -> None:
+            if arg is not None and not _clean_argument(arg):
+                await session.push("500 5.5.2 Error: control characters or bad UTF-8 in the line")
+                return
+            await method(arg)
+
+        return checked
+
+
 def _check_sender(address: str, domain: str) -> str:
     """A MAIL FROM address checked as ``sendmail -f`` is; a bare name qualified with ``domain``."""
     from pysendmail.message.addresses import (
@@ -517,6 +601,16 @@ class SMTPSession(SMTP):
         self._refused = False
         self._registered = False
         self._ended = False
+        self._unknown = 0
+        self._smtp_methods = _Commands(self._smtp_methods, self)
+
+    async def unknown_command(self, arg: str | None) -> None:
+        self._unknown += 1
+        if self._unknown > MAX_UNKNOWN_COMMANDS:
+            await self.push("421 4.7.0 Too many unrecognized commands, goodbye")
+            self.end_session()
+            return
+        await self.push("502 5.5.2 Error: command not recognized")
 
     # -- connection ----------------------------------------------------------
 
@@ -610,13 +704,14 @@ class SMTPSession(SMTP):
         return Envelope()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        text = arg.lstrip()
-        if text.startswith("<>"):
-            # The null reverse-path: aiosmtpd's parser finds no address in it and
-            # would refuse the MAIL command of every bounce.
-            return NULL_PATH, text[2:]
-        result: tuple[str | None, str | None] = super()._getaddr(arg)
-        return result
+        """The path of MAIL/RCPT/VRFY, strictly: ``("", None)`` (501) or ``(None, None)`` (553).
+
+        aiosmtpd's parser is the lenient one of the email package: it takes a
+        path without angle brackets and "repairs" ``<two words@x>`` into a
+        quoted local part. Here the path is ``<`` [source route ``:``] one
+        mailbox ``>``, or ``<>`` (the null reverse-path, which aiosmtpd refuses).
+        """
+        return parse_path(arg)
 
     # -- DATA ----------------------------------------------------------------
 

@@ -48,6 +48,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNIX_CLIENT = "unix"
 #: The window of ``max_messages_per_minute``.
 RATE_WINDOW = 60.0
+#: ``sendmail -bs``: recipients per message, and how long a silent client is waited for.
+LOCAL_MAX_RECIPIENTS = 1000
+LOCAL_TIMEOUT = 3600
 
 
 class Loaded:
@@ -147,6 +150,29 @@ class Policy:
         self.tls_context = loaded.tls_context
         self.aliases = loaded.aliases
         self._local_hostnames = local_hostnames(settings)
+
+    @classmethod
+    def local(cls, settings: Settings, aliases: Aliases) -> Policy:
+        """The rules of ``sendmail -bs``: a local program, trusted as ``sendmail`` is.
+
+        No network, sender, domain or rate rules, no AUTH and no TLS; the size
+        limit is ``general.max_message_size`` and a message may have 1000
+        recipients, as on the command line.
+        """
+        from pysendmail.server.passwords import Users
+
+        policy = cls(Loaded(settings, Users(), None, aliases, []))
+        policy.networks = ()
+        policy._senders = ()
+        policy._domains = ()
+        policy.max_recipients = LOCAL_MAX_RECIPIENTS
+        policy.max_message_size = settings.general.max_message_size
+        policy.per_minute = 0
+        policy.max_connections = 1
+        policy.timeout = LOCAL_TIMEOUT
+        policy.require_auth = False
+        policy.require_tls = False
+        return policy
 
     def allows_peer(self, peer: object) -> bool:
         """Whether a client at ``peer`` may talk to us (unix-socket clients always may)."""
