@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_bigmsg
 import bench_direct
+import bench_drain
 import bench_smtp
 import bench_startup
 import tools
@@ -51,6 +52,16 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
         bench_startup.SUMMARY,
         lambda t, a: bench_startup.run(t, rounds=a.rounds or 40, sendmail=a.sendmail),
     ),
+    bench_drain.NAME: (
+        bench_drain.SUMMARY,
+        lambda t, a: bench_drain.run(
+            t,
+            rounds=a.rounds or 3,
+            count=a.count or bench_drain.COUNT,
+            pysendmail=a.pysendmail,
+            profile=a.profile,
+        ),
+    ),
 }
 
 
@@ -71,6 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="the sendmail command to measure (default: the one beside this Python)",
     )
+    parser.add_argument(
+        "--pysendmail",
+        type=Path,
+        help="the pysendmail command to measure (default: the one beside this Python)",
+    )
+    parser.add_argument("--count", type=int, help="messages to drain (drain; default 5,000)")
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     args = parser.parse_args(argv)
