@@ -39,20 +39,6 @@ _OPEN = re.compile(
 )
 
 
-def _available() -> bool:
-    if os.geteuid() != 0 or shutil.which("strace") is None or shutil.which("setpriv") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(
-    not _available(), reason="needs root, unshare -m, setpriv and strace"
-)
-
-
 @pytest.fixture
 def base() -> Iterator[Path]:
     # Not under pytest's tmp_path: nobody must be able to reach the files.
