@@ -1,0 +1,370 @@
+"""``serve``: messages per second that ``pysendmail serve`` accepts, against a bare aiosmtpd sink.
+
+What it measures: Postfix's load generator ``smtp-source`` (C) sends 2,000
+messages of 2 KB over 20 parallel sessions (``-s 20 -d``: each session keeps
+its connection) to a server on 127.0.0.1; the rate is messages / wall time
+of smtp-source. The subjects, alternating round by round in the same run:
+
+* a bare aiosmtpd server in a child process of the same interpreter, whose
+  handler answers 250 to every DATA and keeps nothing: the floor of any
+  aiosmtpd-based server (the same protocol code, no disk);
+* ``pysendmail serve`` (the console script beside this Python), which
+  answers 250 only after the intake has written the message and the queue
+  has fsynced it, linked it into ``queue/`` and fsynced the folder; its
+  runner delivers at the same time to Postfix's ``smtp-sink`` (C), as in
+  production. The benchmark waits until the sink has counted every message,
+  so each accepted message is known to have been committed and delivered, and
+  reports the time to that point too;
+* ``pysendmail serve`` whose relay accepts connections and never answers
+  (the runner waits on it, idle): the listener alone, as when the smarthost
+  is slow.
+
+Peak RSS is each server's VmHWM read from /proc just before it is stopped.
+
+Why: issue 5 asks serve to accept at least 0.7× the rate of the bare sink
+(committed with fsync) and to report its peak RSS under that load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import (
+    LOOPBACK,
+    WORK_DIR,
+    BenchError,
+    Section,
+    Sink,
+    Summary,
+    free_port,
+    python_cmd,
+    summarize,
+)
+from tools import Tools
+
+NAME = "serve"
+SUMMARY = "2,000 × 2 KB over 20 sessions: pysendmail serve (fsync) vs a bare aiosmtpd sink"
+COUNT = 2000
+SESSIONS = 20
+SIZE = 2048
+TARGET_RATIO = 0.7
+THIS = str(Path(__file__).resolve())
+
+
+@dataclass
+class Series:
+    """One subject over the rounds: rates (msg/s), peak RSS (KiB), time to delivery (s)."""
+
+    label: str
+    rates: list[float] = field(default_factory=list)
+    hwm_kib: list[int] = field(default_factory=list)
+    drained_s: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> Summary:
+        return summarize(self.rates)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The peak resident set of a running process (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmHWM for pid {pid}")
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Wait until something accepts on 127.0.0.1:``port`` (and ``proc`` is still alive)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the server exited with status {proc.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 1) as s:
+            s.recv(100)
+            return
+        time.sleep(0.05)
+    raise BenchError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    """SIGTERM, then wait (SIGKILL when it does not stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BenchError("the server did not stop on SIGTERM") from None
+
+
+def source(tools: Tools, port: int) -> float:
+    """Run smtp-source against 127.0.0.1:``port``; messages per second of its wall time."""
+    argv = tools.smtp_source.argv(
+        "-s",
+        str(SESSIONS),
+        "-m",
+        str(COUNT),
+        "-l",
+        str(SIZE),
+        "-d",
+        "-f",
+        "load@example.com",
+        "-t",
+        "sink@example.org",
+        f"{LOOPBACK}:{port}",
+    )
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, env=tools.smtp_source.env(), capture_output=True, timeout=300, check=False
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"smtp-source failed: {done.stderr.decode(errors='replace').strip()}")
+    return COUNT / elapsed
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+def run_aiosmtpd_sink(tools: Tools) -> tuple[float, int]:
+    """One round against the bare aiosmtpd sink: (msg/s, VmHWM KiB)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        python_cmd(THIS, "--aiosmtpd-sink", str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_listening(port, proc)
+        rate = source(tools, port)
+        hwm = vm_hwm_kib(proc.pid)
+    finally:
+        stop(proc)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    return rate, hwm
+
+
+def serve_command() -> str:
+    """The installed ``pysendmail`` console script beside this Python."""
+    script = Path(sys.executable).parent / "pysendmail"
+    if not script.exists():
+        raise BenchError(f"{script} is missing: install pysendmail into this Python's environment")
+    return str(script)
+
+
+def write_config(directory: Path, relay_port: int, listen_port: int) -> Path:
+    (directory / "aliases").write_text("")
+    path = directory / "pysendmail.toml"
+    path.write_text(
+        "[general]\n"
+        'hostname = "bench.example.com"\n'
+        'domain = "example.com"\n'
+        f'queue_dir = "{directory / "spool"}"\n'
+        f'aliases_file = "{directory / "aliases"}"\n'
+        "[[relay]]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {relay_port}\n"
+        'tls = "none"\n'
+        "connect_timeout = 60\n"
+        "command_timeout = 60\n"
+        "[server]\n"
+        f'listen = ["127.0.0.1:{listen_port}"]\n'
+        "shutdown_timeout = 5\n"
+        "[log]\n"
+        'target = "stdout"\n'
+        'format = "json"\n'
+    )
+    return path
+
+
+class Staller:
+    """A relay that accepts connections and never says a word (the runner waits on it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def run_serve(tools: Tools, relay_port: int, sink: Sink | None) -> tuple[float, int, float | None]:
+    """One round against pysendmail serve: (msg/s accepted, VmHWM KiB, seconds to delivered)."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="serve-", dir=WORK_DIR))
+    port = free_port()
+    config = write_config(directory, relay_port, port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSENDMAIL_", "PYTHON"))}
+    env["PYSENDMAIL_CACHE_DIR"] = str(directory / "cache")
+    before = sink.messages() if sink is not None else 0
+    proc = subprocess.Popen(
+        [serve_command(), "serve", "-C", str(config)],
+        stdout=subprocess.DEVNULL,  # its JSON log: written, as in production, and dropped
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    drained = None
+    try:
+        wait_listening(port, proc)
+        started = time.perf_counter()
+        rate = source(tools, port)
+        if sink is not None:
+            sink.expect_messages(before + COUNT, timeout_s=300)
+            drained = time.perf_counter() - started
+        hwm = vm_hwm_kib(proc.pid)
+    finally:
+        status = stop(proc)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    if status != 0 or err:
+        raise BenchError(f"pysendmail serve exited {status}: {err[-500:]}")
+    return rate, hwm, drained
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def run(tools: Tools, *, rounds: int = 3) -> Section:
+    """Alternate the subjects for ``rounds`` rounds after a warm-up; report rates and RSS."""
+    section = Section(
+        title="serve: 20 sessions, 2,000 messages of 2 KB",
+        command=".venv/bin/python bench/run.py serve",
+        header=(
+            "subject",
+            "accepted msg/s: median (min–max, n)",
+            "ratio to sink",
+            "peak RSS",
+            "all delivered after",
+        ),
+    )
+    sink_series = Series("bare aiosmtpd sink (250 to every DATA, keeps nothing)")
+    serve_series = Series("pysendmail serve, delivering to smtp-sink meanwhile")
+    alone_series = Series("pysendmail serve, relay stalled (the listener alone)")
+    with Sink(tools.smtp_sink) as sink:
+        run_aiosmtpd_sink(tools)  # warm-up: page cache, the interpreter's files
+        run_serve(tools, sink.port, sink)
+        for _ in range(rounds):
+            rate, hwm = run_aiosmtpd_sink(tools)
+            sink_series.rates.append(rate)
+            sink_series.hwm_kib.append(hwm)
+            rate, hwm, drained = run_serve(tools, sink.port, sink)
+            serve_series.rates.append(rate)
+            serve_series.hwm_kib.append(hwm)
+            assert drained is not None
+            serve_series.drained_s.append(drained)
+            staller = Staller()
+            try:
+                rate, hwm, _ = run_serve(tools, staller.port, None)
+            finally:
+                staller.close()
+            alone_series.rates.append(rate)
+            alone_series.hwm_kib.append(hwm)
+    base = sink_series.rate.median
+    for series in (sink_series, serve_series, alone_series):
+        section.rows.append(
+            (
+                series.label,
+                series.rate.fmt(digits=0),
+                f"{series.rate.median / base:.2f}×",
+                f"{max(series.hwm_kib) / 1024:.1f} MiB",
+                summarize(series.drained_s).fmt(" s", digits=1) if series.drained_s else "—",
+            )
+        )
+    ratio = serve_series.rate.median / base
+    section.verdict(
+        f"serve (committed with fsync, delivering meanwhile) ≥ {TARGET_RATIO}× the bare "
+        f"aiosmtpd sink (issue 5): {ratio:.2f}×",
+        ratio >= TARGET_RATIO,
+    )
+    alone = alone_series.rate.median / base
+    section.verdict(
+        f"serve with delivery stalled (the listener alone) ≥ {TARGET_RATIO}×: {alone:.2f}×",
+        alone >= TARGET_RATIO,
+    )
+    section.notes.append(
+        f"each round: smtp-source -s {SESSIONS} -m {COUNT} -l {SIZE} -d (C; 20 sessions in "
+        "parallel, each on one connection, no PIPELINING) against each server on 127.0.0.1 in "
+        f"turn; {rounds} rounds after one warm-up round; rate = messages / smtp-source's wall "
+        "time; peak RSS = the server's VmHWM after the load; 'all delivered after' = from the "
+        "first connection until smtp-sink had counted every message (the runner in the same "
+        "process relays them over queue.connections = 2 connections)"
+    )
+    section.notes.append(
+        "serve logs one JSON line per accepted message and per delivery (log level info, as "
+        "deployed), to a pipe that is read and dropped"
+    )
+    return section
+
+
+# --------------------------------------------------------------------------- the bare sink
+
+
+class _Sink:
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 2.0.0 Ok"
+
+
+async def _serve_sink(port: int) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    loop = asyncio.get_running_loop()
+    handler = _Sink()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="sink.bench.invalid", loop=loop), LOOPBACK, port
+    )
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    async with server:
+        await stopping.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bench_serve.py --aiosmtpd-sink PORT``: the bare sink, as a child process."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--aiosmtpd-sink", type=int, required=True, metavar="PORT")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("mail.log").addHandler(logging.NullHandler())
+    logging.getLogger("mail.log").propagate = False
+    asyncio.run(_serve_sink(args.aiosmtpd_sink))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
