@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_bigmsg
 import bench_direct
 import bench_drain
+import bench_serve
 import bench_smtp
 import bench_startup
 import tools
@@ -61,6 +62,10 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
             pysendmail=a.pysendmail,
             profile=a.profile,
         ),
+    ),
+    bench_serve.NAME: (
+        bench_serve.SUMMARY,
+        lambda t, a: bench_serve.run(t, rounds=a.rounds or 3),
     ),
 }
 
