@@ -67,8 +67,9 @@ from pysendmail.errors import (
 from pysendmail.smtp import auth
 from pysendmail.smtp.address import Address, check_argument, coerce
 from pysendmail.smtp.connection import Connection, MessageWriter, SendResult, Timeouts, Trace
-from pysendmail.smtp.encoder import MessageSource
+from pysendmail.smtp.encoder import DEFAULT_CHUNK_SIZE, MessageSource, encode_text, normalise
 from pysendmail.smtp.protocol import (
+    DATA,
     MAIL,
     RCPT,
     Auth,
@@ -202,10 +203,13 @@ def _address(item: "str | Address") -> Address:
     return address
 
 
+_ADDRESS_TYPES = (str, Address)
+
+
 def _flatten(items: "Iterable[object]") -> list[Address]:
     out: list[Address] = []
     for item in items:
-        if isinstance(item, str | Address):
+        if isinstance(item, _ADDRESS_TYPES):
             out.append(_address(item))
         elif isinstance(item, bytes | bytearray) or not isinstance(item, _Iterable):
             raise TypeError(f"a recipient must be str or Address, not {type(item).__name__}")
@@ -763,6 +767,21 @@ class SMTP:
         message data, when no recipient is accepted.
         """
         conn = self._live()
+        if type(msg) is str:
+            msg = encode_text(msg)
+        if type(msg) is bytes and len(msg) <= DEFAULT_CHUNK_SIZE:
+            # A small message in memory, the common case: normalised once,
+            # measured from that (the size MessageSource would declare), and
+            # dot-stuffed in one step after the 354.
+            body = normalise(msg)
+            if eightbit is None:
+                eightbit = not msg.isascii()
+            # Whether the trace is on, asked once for the whole message.
+            tracing = self._trace.on
+            refused = self._transaction(
+                conn, _address(from_addr), _recipients(to_addrs), len(body), eightbit, tracing
+            )
+            return SendResult(conn.send_whole_body(body, normalised=True, tracing=tracing), refused)
         source = MessageSource.of(msg)
         if eightbit is None:
             eightbit = bool(source.eightbit)
@@ -797,6 +816,7 @@ class SMTP:
         recipients: list[Address],
         size: int | None,
         eightbit: bool,
+        tracing: bool | None = None,
     ) -> "dict[str, Response]":
         """MAIL, RCPT for each recipient, DATA; returns the refused ones once 354 arrived.
 
@@ -804,13 +824,20 @@ class SMTP:
         body ended after a stray 354, RSET) before the error is raised.
         """
         proto = conn.proto
-        smtputf8 = any(r.needs_smtputf8() for r in recipients)
+        smtputf8 = False
+        for recipient in recipients:
+            if recipient.needs_smtputf8():
+                smtputf8 = True
+                break
         mail = Mail(sender, size, eightbit, smtputf8)
         rcpts = [Rcpt(r) for r in recipients]
         data_reply: Response | None = None
         if proto.pipelining:
             # All checked before any is queued, and sent in one write.
-            replies = conn.pipeline([mail, *rcpts, Data()])
+            commands: list[Command] = [mail]
+            commands += rcpts
+            commands.append(DATA)
+            replies = conn.pipeline(commands, tracing)
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
             # Every command is checked before the first one is sent.
@@ -822,13 +849,12 @@ class SMTP:
             rcpt_replies = [conn.exchange(c) for c in rcpts]
             if any(r.success for r in rcpt_replies):
                 data_reply = conn.exchange(Data())
-        refused = {
-            r.address: rep
-            for r, rep in zip(recipients, rcpt_replies, strict=True)
-            if not rep.success
-        }
+        refused: dict[str, Response] = {}
+        for recipient, rcpt_reply in zip(recipients, rcpt_replies, strict=True):
+            if not 200 <= rcpt_reply.code < 300:  # Response.success, inline
+                refused[recipient.address] = rcpt_reply
         error: SMTPError | None = None
-        if not mail_reply.success:
+        if not 200 <= mail_reply.code < 300:
             error = error_for_reply(mail_reply)
         elif len(refused) == len(recipients):
             error = SMTPRecipientsRefused(refused)

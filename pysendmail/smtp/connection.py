@@ -31,6 +31,10 @@ debug stream set, the trace goes to the "pysendmail.smtp" logger only if the
 program has loaded ``logging`` itself. A program that never imported it
 cannot have configured that logger, and under logging's defaults (the root
 logger at WARNING) a DEBUG record is dropped anyway, so nothing is lost.
+
+Each socket timeout is set only when it changes: ``settimeout`` is a system
+call, and the same 60 s would otherwise be set again before every read and
+write.
 """
 
 # No ``from __future__``, ``typing``, ``dataclasses``, ``contextlib``,
@@ -73,6 +77,8 @@ _DEBUG = 10  # logging.DEBUG
 #: message costs few system calls, small enough that memory stays flat.
 WRITE_SIZE = 65536
 _RECV_SIZE = 65536
+# What Connection._timeout holds when the socket's timeout is not known.
+_UNKNOWN = -1.0
 
 
 class Trace:
@@ -232,6 +238,7 @@ class Connection:
 
     __slots__ = (
         "_sock",
+        "_timeout",
         "dead",
         "encrypted",
         "peer",
@@ -245,6 +252,8 @@ class Connection:
         self, sock: "_socket.socket", where: str, timeouts: Timeouts, trace: Trace
     ) -> None:
         self._sock: _socket.socket | None = sock
+        # The timeout last set on the socket (settimeout is a system call).
+        self._timeout: float | None = _UNKNOWN
         #: The server's IP address, as connected (for logs: "relay=host[ip]:port").
         self.peer: str | None
         try:
@@ -335,6 +344,7 @@ class Connection:
         sock = self._sock
         if sock is None:
             raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
+        self._timeout = _UNKNOWN
         try:
             sock.settimeout(_remaining(deadline))
             # wrap_socket takes any stream socket object; _socket's will do.
@@ -366,9 +376,15 @@ class Connection:
         if traces and self.trace.on:
             for text in traces:
                 self.trace(f"<- {text!r}")
+        self._write(sock, data)
+
+    def _write(self, sock: "_socket.socket", data: bytes | bytearray) -> None:
         timeout = self.timeouts.write
         try:
-            sock.settimeout(timeout)
+            if timeout != self._timeout:
+                self._timeout = _UNKNOWN
+                sock.settimeout(timeout)
+                self._timeout = timeout
             sock.sendall(data)
         except TimeoutError as exc:
             self.kill("write timed out")
@@ -394,32 +410,39 @@ class Connection:
         A 421 kills the connection and is raised (the server is closing the
         channel, RFC 5321 section 3.8); any other reply is returned.
         """
-        return self._read_reply(self.trace.on, deadline, timeout_error)
+        return self._read_replies(1, self.trace.on, deadline, timeout_error)[0]
 
-    def _read_reply(
+    def _read_replies(
         self,
+        count: int,
         tracing: bool,
         deadline: float | None = None,
         timeout_error: "type[SMTPTimeoutError]" = SMTPReadTimeout,
-    ) -> "Response":
+    ) -> "list[Response]":
+        """The next ``count`` replies, as ``read_reply`` reads each (``deadline``: the first's)."""
         sock = self._sock
         if sock is None or self.dead is not None:
             raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
         proto = self.proto
-        try:
-            reply = proto.next_reply()
-        except SMTPError as exc:
-            self.kill(str(exc))
-            raise
-        if reply is None:
-            # Nothing buffered answers yet: wait for the network.
-            reply = self._receive(sock, proto, deadline, timeout_error)
-        if tracing:
-            self.trace(f"-> {reply.string!r}")
-        if reply.code == 421:
-            self.kill(f"the server is closing: {reply}")
-            raise error_for_reply(reply)
-        return reply
+        replies: list[Response] = []
+        while True:
+            try:
+                reply = proto.next_reply()
+            except SMTPError as exc:
+                self.kill(str(exc))
+                raise
+            if reply is None:
+                # Nothing buffered answers yet: wait for the network.
+                reply = self._receive(sock, proto, deadline, timeout_error)
+            if tracing:
+                self.trace(f"-> {reply.string!r}")
+            if reply.code == 421:
+                self.kill(f"the server is closing: {reply}")
+                raise error_for_reply(reply)
+            replies.append(reply)
+            if len(replies) == count:
+                return replies
+            deadline = None
 
     def _receive(
         self,
@@ -432,14 +455,18 @@ class Connection:
             # One deadline for the whole reply: a server dribbling a byte at a
             # time cannot stretch it. The first read waits the whole timeout.
             timeout = self.timeouts.read
-            deadline = _deadline(timeout)
+            if timeout is not None:
+                deadline = time.monotonic() + timeout
         else:
             timeout = _remaining(deadline)
         while True:
             try:
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError
-                sock.settimeout(timeout)
+                if timeout != self._timeout:
+                    self._timeout = _UNKNOWN
+                    sock.settimeout(timeout)
+                    self._timeout = timeout
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError as exc:
                 self.kill("timed out waiting for a reply")
@@ -466,7 +493,12 @@ class Connection:
 
     def send(self, *commands: "Command") -> bytes:
         """The checked bytes of ``commands``, now awaited by the protocol (nothing written)."""
-        proto = self.live()
+        return self._send(commands)
+
+    def _send(self, commands: "Sequence[Command]") -> bytes:
+        proto = self.proto
+        if self.dead is not None or self._sock is None:
+            raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
         try:
             return proto.send_many(commands)
         except SMTPError as exc:
@@ -476,23 +508,29 @@ class Connection:
 
     def exchange(self, command: "Command") -> "Response":
         """Send one command in one write and return its reply, whatever it is."""
-        data = self.send(command)
+        data = self._send((command,))
         tracing = self.trace.on
         self.write(data, (command.trace(data),) if tracing else ())
-        return self._read_reply(tracing)
+        return self._read_replies(1, tracing)[0]
 
-    def pipeline(self, commands: "Sequence[Command]") -> "list[Response]":
-        """Send ``commands`` in one write (PIPELINING) and return their replies in order."""
-        wire = self.send(*commands)
-        tracing = self.trace.on
+    def pipeline(
+        self, commands: "Sequence[Command]", tracing: bool | None = None
+    ) -> "list[Response]":
+        """Send ``commands`` in one write (PIPELINING) and return their replies in order.
+
+        ``tracing``: whether the trace is on, when the caller knows (else looked up).
+        """
+        wire = self._send(commands)
+        if tracing is None:
+            tracing = self.trace.on
         if tracing:
             # Each command's own line, for the trace (AUTH never comes here).
             lines = wire.split(b"\r\n")
             traces = [c.trace(line + b"\r\n") for c, line in zip(commands, lines, strict=False)]
+            self.write(wire, traces)
         else:
-            traces = []
-        self.write(wire, traces)
-        return [self._read_reply(tracing) for _ in commands]
+            self.write(wire)
+        return self._read_replies(len(commands), tracing)
 
     # ------------------------------------------------------------------ message bodies
 
@@ -501,8 +539,22 @@ class Connection:
         # The protocol refuses once the connection is dead (connection_lost).
         return self.proto.send_body(data)
 
+    def send_whole_body(
+        self, data: bytes, *, normalised: bool = False, tracing: bool | None = None
+    ) -> "Response":
+        """``send_body`` for a message held whole in memory: encoded and written at once.
+
+        ``normalised``: see ``ClientProtocol.send_whole_body``; ``tracing``:
+        see ``pipeline``.
+        """
+        proto = self.live()
+        return self._end(proto, proto.send_whole_body(data, normalised=normalised), tracing)
+
     def send_body(self, source: "MessageSource") -> "Response":
         """Stream the whole message after a 354, end it, and return the 2xx reply."""
+        whole = source.take_whole()
+        if whole is not None:
+            return self.send_whole_body(whole)
         buffer = bytearray()
         try:
             for chunk in source.chunks():
@@ -525,13 +577,18 @@ class Connection:
         buffer += proto.end_body()
         return self._end(proto, buffer)
 
-    def _end(self, proto: ClientProtocol, wire: bytes | bytearray) -> "Response":
-        tracing = self.trace.on
+    def _end(
+        self, proto: ClientProtocol, wire: bytes | bytearray, tracing: bool | None = None
+    ) -> "Response":
+        if tracing is None:
+            tracing = self.trace.on
         if tracing:
             self.trace(f"<- [message data: {proto.body_octets} octets]")
-        self.write(wire, (".\r\n",) if tracing else ())
-        reply = self._read_reply(tracing)
-        if not reply.success:
+            self.write(wire, (".\r\n",))
+        else:
+            self.write(wire)
+        reply = self._read_replies(1, tracing)[0]
+        if not 200 <= reply.code < 300:
             raise error_for_reply(reply)
         return reply
 

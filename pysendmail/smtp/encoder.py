@@ -55,6 +55,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "BodyEncoder",
     "MessageSource",
+    "encode_text",
+    "message_size",
     "normalise",
 ]
 
@@ -85,6 +87,14 @@ def _normalised_length(data: bytes | bytearray) -> int:
         return len(data) + data.count(_LF)
     n_crlf = data.count(_CRLF)
     return len(data) + data.count(_CR) + data.count(_LF) - 2 * n_crlf
+
+
+def message_size(data: bytes | bytearray) -> int:
+    """The size SIZE= declares for a whole message: normalised, final CRLF included."""
+    size = _normalised_length(data)
+    if data and data[-1] not in (0x0A, 0x0D):
+        size += 2
+    return size
 
 
 def normalise(data: bytes | bytearray | memoryview) -> bytes:
@@ -222,6 +232,11 @@ def _as_bytes(item: object, where: str) -> bytes:
     raise TypeError(f"{where} gave {type(item).__name__}; expected bytes or str")
 
 
+def encode_text(text: str) -> bytes:
+    """A message given as ``str``, as the octets sent: UTF-8 (ValueError when it cannot be)."""
+    return _encode_str(text)
+
+
 def _encode_str(text: str) -> bytes:
     try:
         return text.encode("utf-8")
@@ -273,10 +288,12 @@ class MessageSource:
     final CRLF, before dot-stuffing) when it is known in advance, else None;
     ``eightbit`` is known exactly when ``size`` is. ``chunks()`` gives the raw,
     not yet encoded, chunks, each at most ``chunk_size`` octets where the
-    source allows, and can be used once.
+    source allows, and can be used once. ``whole`` is the message itself when
+    it is ``bytes`` (or ``str``) of at most ``chunk_size`` octets, so that a
+    small message can be encoded in one step; else None.
     """
 
-    __slots__ = ("_chunks", "chunk_size", "eightbit", "size")
+    __slots__ = ("_chunks", "chunk_size", "eightbit", "size", "whole")
 
     def __init__(
         self,
@@ -285,11 +302,13 @@ class MessageSource:
         size: int | None = None,
         eightbit: bool | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        whole: bytes | None = None,
     ) -> None:
         self._chunks: Callable[[], Iterator[bytes]] | None = chunks
         self.size = size
         self.eightbit = eightbit
         self.chunk_size = chunk_size
+        self.whole = whole
 
     def __repr__(self) -> str:
         return f"<MessageSource size={self.size!r} eightbit={self.eightbit!r}>"
@@ -347,9 +366,7 @@ class MessageSource:
     def _of_buffer(cls, data: bytes | bytearray, chunk_size: int) -> "MessageSource":
         # Measured now: a bytearray changed after this call is sent as it is
         # then, with the size declared from now.
-        size = _normalised_length(data)
-        if data and data[-1] not in (0x0A, 0x0D):
-            size += 2
+        size = message_size(data)
 
         def from_buffer() -> "Iterator[bytes]":
             if isinstance(data, bytes) and len(data) <= chunk_size:
@@ -360,7 +377,14 @@ class MessageSource:
             for start in range(0, len(view), chunk_size):
                 yield view[start : start + chunk_size].tobytes()
 
-        return cls(from_buffer, size=size, eightbit=not data.isascii(), chunk_size=chunk_size)
+        whole = data if isinstance(data, bytes) and len(data) <= chunk_size else None
+        return cls(
+            from_buffer,
+            size=size,
+            eightbit=not data.isascii(),
+            chunk_size=chunk_size,
+            whole=whole,
+        )
 
     @classmethod
     def _of_view(cls, msg: memoryview, chunk_size: int) -> "MessageSource":
@@ -401,6 +425,17 @@ class MessageSource:
             eightbit=meter.eightbit,
             chunk_size=chunk_size,
         )
+
+    def take_whole(self) -> bytes | None:
+        """``whole``, using the source up as ``chunks()`` does; None when there is none.
+
+        None also when the source was used already: ``chunks()`` then says so.
+        """
+        whole = self.whole
+        if whole is None or self._chunks is None:
+            return None
+        self._chunks = None
+        return whole
 
     def chunks(self) -> "Iterator[bytes]":
         """The raw chunks of the message, in order; a second call raises RuntimeError."""

@@ -46,7 +46,7 @@ from pysendmail.errors import (
     SMTPUnsupportedCommand,
 )
 from pysendmail.smtp.address import DSN_PARAMETERS, check_argument, format_parameter
-from pysendmail.smtp.encoder import BodyEncoder
+from pysendmail.smtp.encoder import BodyEncoder, normalise
 from pysendmail.smtp.reply import Capabilities, ReplyParser, SMTPProtocolError
 
 TYPE_CHECKING = False
@@ -307,7 +307,8 @@ class _EndOfData(Command):
 
 _GREETING = _Greeting()
 _END = _EndOfData()
-_DATA = Data()
+#: DATA has no argument: one object serves every transaction.
+DATA = Data()
 
 # The states each command may be sent in. EHLO and RSET may interrupt a mail
 # transaction (RFC 5321 sections 4.1.4 and 4.1.1.5); nothing may be sent while
@@ -335,39 +336,46 @@ _ALLOWED: "dict[type[Command], tuple[State, ...]]" = {
 _NOT_PIPELINABLE = frozenset({StartTLS, Auth, AuthResponse, AuthCancel})
 
 
-def _ok(code: int | None) -> bool:
-    return code is None or 200 <= code < 300
+# Reply codes, for the table below: the parser only returns three digits.
+_2XX = range(200, 300)
+_ANY = range(1000)
 
-
-# The one transition table of the session: the state after a command got a
-# reply with ``code``, or, with ``code`` None, the state if it succeeds.
-_TRANSITIONS: "dict[type[Command], Callable[[State, int | None], State]]" = {
+# The one transition table of the session. For each command: the replies
+# that count as its success, the state after one of them, and the state after
+# any other reply (None: the state stays as it was). Two rules stand above the
+# table (``_advance``): a 421 closes the session after any command, and RSET
+# before EHLO leaves the server still waiting for EHLO. Data, not functions:
+# looking a transition up costs no call, on the path of every reply.
+_TRANSITIONS: "dict[type[Command], tuple[range | tuple[int, ...], State | None, State | None]]" = {
     # A 554 greeting still leaves the server waiting for QUIT.
-    _Greeting: lambda state, code: CONNECTED,
-    Ehlo: lambda state, code: READY if _ok(code) else state,
-    Helo: lambda state, code: READY if _ok(code) else state,
-    StartTLS: lambda state, code: TLS if code in (None, 220) else READY,
-    Auth: lambda state, code: AUTH if code in (None, 334) else READY,
-    AuthResponse: lambda state, code: AUTH if code in (None, 334) else READY,
-    AuthCancel: lambda state, code: AUTH if code in (None, 334) else READY,
-    Mail: lambda state, code: MAIL if _ok(code) else READY,
-    Rcpt: lambda state, code: RCPT if _ok(code) else state,
+    _Greeting: (_ANY, CONNECTED, None),
+    Ehlo: (_2XX, READY, None),
+    Helo: (_2XX, READY, None),
+    StartTLS: ((220,), TLS, READY),
+    Auth: ((334,), AUTH, READY),
+    AuthResponse: ((334,), AUTH, READY),
+    AuthCancel: ((334,), AUTH, READY),
+    Mail: (_2XX, MAIL, READY),
+    Rcpt: (_2XX, RCPT, None),
     # 354 opens the body even when no recipient was accepted (a server bug):
     # the caller must then end an empty body at once (RFC 2920).
-    Data: lambda state, code: BODY if code in (None, 354) else state,
-    _EndOfData: lambda state, code: READY,
-    # RSET before EHLO leaves the server still waiting for EHLO.
-    Rset: lambda state, code: READY if _ok(code) and state is not CONNECTED else state,
-    Noop: lambda state, code: state,
-    Quit: lambda state, code: CLOSED,
+    Data: ((354,), BODY, None),
+    _EndOfData: (_ANY, READY, None),
+    Rset: (_2XX, READY, None),
+    Noop: (_ANY, None, None),
+    Quit: (_ANY, CLOSED, None),
 }
 
 
-def _advance(state: State, command: Command, code: int | None) -> State:
-    """The state after ``command`` got a reply with ``code`` (None: assume it succeeds)."""
+def _advance(state: State, kind: "type[Command]", code: int | None) -> State:
+    """The state after a ``kind`` command got a reply with ``code`` (None: assume it succeeds)."""
     if code == 421:
         return CLOSED
-    return _TRANSITIONS[type(command)](state, code)
+    success, on_success, on_failure = _TRANSITIONS[kind]
+    after = on_success if code is None or code in success else on_failure
+    if after is None or (kind is Rset and state is CONNECTED):
+        return state
+    return after
 
 
 # Commands without arguments: their bytes never change.
@@ -503,45 +511,55 @@ class ClientProtocol:
                     f"the server closed the connection{where} (waiting for the reply to {verb})"
                 )
             return None
-        self._on_reply(pending.pop(0), reply)
-        return reply
-
-    def _on_reply(self, command: Command, reply: "Response") -> None:
+        # What _on_reply would do, inline: this runs for every reply.
+        kind = type(pending.pop(0))
         code = reply.code
         before = self.state
-        kind = type(command)
-        self.state = state = CLOSED if code == 421 else _TRANSITIONS[kind](before, code)
+        success, on_success, on_failure = _TRANSITIONS[kind]
+        ok = code in success
+        if code == 421:
+            state = CLOSED
+        else:
+            state = (on_success if ok else on_failure) or before
+            if kind is Rset and before is CONNECTED:
+                state = before
+        self.state = state
         if state is CLOSED:
             self._closed_reason = f"the server said: {reply}"
-            self._pending.clear()
+            pending.clear()
             self._projected = CLOSED
-            return
+            return reply
         if kind in _REPLY_HOOKS:
-            if kind is Ehlo:
-                if reply.success:
-                    self._set_capabilities(reply.capabilities)
-                    self.esmtp = True
-            elif kind is Helo:
-                if reply.success:
-                    self._set_capabilities(Capabilities())
-                    self.esmtp = False
-            elif kind is Auth or kind is AuthResponse:
-                if reply.success:
-                    self.authenticated = True
-            elif code == 220 and self._parser.buffered:  # StartTLS
-                # Whatever follows the 220 was sent in plaintext before the
-                # handshake: an attacker's injection (CVE-2011-0411 in reverse).
-                # It is dropped here and again in tls_started().
-                self._parser.clear()
-        if not self._pending:
+            self._on_reply_hooks(kind, reply)
+        if not pending:
             self._projected = state
-        elif state is not _TRANSITIONS[kind](before, None):
+        elif not ok and state is not _advance(before, kind, None):
             # Not what was assumed when later commands were checked:
             # recompute where the still pending commands lead from here.
             projected: State = state
-            for later in self._pending:
-                projected = _advance(projected, later, None)
+            for later in pending:
+                projected = _advance(projected, type(later), None)
             self._projected = projected
+        return reply
+
+    def _on_reply_hooks(self, kind: "type[Command]", reply: "Response") -> None:
+        """What a reply to EHLO, HELO, AUTH or STARTTLS changes besides the state."""
+        if kind is Ehlo:
+            if reply.success:
+                self._set_capabilities(reply.capabilities)
+                self.esmtp = True
+        elif kind is Helo:
+            if reply.success:
+                self._set_capabilities(Capabilities())
+                self.esmtp = False
+        elif kind is Auth or kind is AuthResponse:
+            if reply.success:
+                self.authenticated = True
+        elif reply.code == 220 and self._parser.buffered:  # StartTLS
+            # Whatever follows the 220 was sent in plaintext before the
+            # handshake: an attacker's injection (CVE-2011-0411 in reverse).
+            # It is dropped here and again in tls_started().
+            self._parser.clear()
 
     def _close(self, reason: str) -> None:
         self.state = CLOSED
@@ -689,7 +707,8 @@ class ClientProtocol:
         it was. More than one command, or any while replies are due, needs
         PIPELINING.
         """
-        self._check_open()
+        if self.state is CLOSED or self._projected is CLOSED:
+            self._check_open()
         projected = self._projected
         pending = self._pending
         waiting = bool(pending)
@@ -712,7 +731,10 @@ class ClientProtocol:
                 raise LocalProtocolError(
                     f"{command.verb} is not allowed now (session state: {projected.value})"
                 )
-            projected = _TRANSITIONS[kind](projected, None)
+            # _advance(projected, kind, None), inline: where success leads.
+            after = _TRANSITIONS[kind][1]
+            if after is not None and (kind is not Rset or projected is not CONNECTED):
+                projected = after
             waiting = True
         if len(commands) == 1:
             data = self.encode(commands[0])
@@ -773,6 +795,24 @@ class ClientProtocol:
         self._pending.append(_END)
         self._projected = READY
         return tail + _END_OF_DATA
+
+    def send_whole_body(self, data: bytes, *, normalised: bool = False) -> bytes:
+        """``send_body(data) + end_body()`` for a message held whole in memory, in one step.
+
+        The same bytes, made with a few calls over the whole message instead
+        of the streaming encoder: the path of every small message. With
+        ``normalised``, ``data`` is already ``encoder.normalise``'s output (the
+        client measured the message that way) and is not scanned again.
+        """
+        if self.state is not BODY or self._pending or self._encoder is not None:
+            return self.send_body(data) + self.end_body()
+        wire = data if normalised else normalise(data)
+        self._body_octets = len(wire)
+        if wire[:1] == b".":
+            wire = b"." + wire
+        self._pending.append(_END)
+        self._projected = READY
+        return wire.replace(b"\r\n.", b"\r\n..") + _END_OF_DATA
 
 
 # The commands whose reply changes more than the state (see _on_reply).

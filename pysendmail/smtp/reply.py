@@ -269,26 +269,23 @@ class ReplyParser:
 
     def next_reply(self) -> Response | None:
         """The next complete reply, or None when more bytes are needed."""
-        if self._error is not None:
-            raise self._error
         buffer = self._buffer
         if not buffer:
+            # After an error the buffer is empty for good (feed refuses).
+            if self._error is not None:
+                raise self._error
             return None
         if not self._lines:
-            # The common case, a one-line reply of printable ASCII ("250 2.1.0
-            # Ok"), with a few C calls; anything else (a TAB, 8-bit text, a
-            # continuation line, a malformed line) takes the general path.
+            # The common case, a one-line reply of printable ASCII ending in
+            # CRLF ("250 2.1.0 Ok"), with a few C calls; anything else (a TAB,
+            # 8-bit text, a bare LF, a continuation line, a malformed line)
+            # takes the general path, which gives the same reply.
             end = buffer.find(b"\n", self._scanned)
-            if 3 <= end < MAX_LINE_LENGTH:
-                line = buffer[: end - 1 if buffer[end - 1] == 0x0D else end]
+            if 4 <= end < MAX_LINE_LENGTH and buffer[end - 1] == 0x0D:
+                line = buffer[: end - 1]
                 if line.isascii():
-                    text = line.decode("ascii")
-                    if (
-                        len(text) >= 3
-                        and text[:3].isdigit()
-                        and text[3:4] in ("", " ")
-                        and text.isprintable()
-                    ):
+                    text = line.decode()
+                    if text[:3].isdigit() and (end == 4 or text[3] == " ") and text.isprintable():
                         del buffer[: end + 1]
                         self._scanned = 0
                         return Response(text[:3], (text[4:],), text + "\r\n")
