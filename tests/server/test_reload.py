@@ -100,3 +100,48 @@ def test_sighup_reloads_the_running_process(tmp_path: Path, relay: RecordingServ
     messages = [r.get("message", "") for r in serve.lines]
     assert "reload: server.max_recipients: 100 -> 7" in messages
     assert serve.stderr == b""
+
+
+def test_serve_main_runs_until_sigterm_in_this_process(tmp_path: Path) -> None:
+    import io
+    import os
+    import threading
+
+    from pysendmail.cli import Streams
+    from pysendmail.cli.admin import main as admin_main
+
+    config = write_config(tmp_path, closed_port())
+    out = io.StringIO()
+    env = {"PYSENDMAIL_CACHE_DIR": str(tmp_path / "cache")}
+    failures: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            deadline = time.monotonic() + 20
+            while " serving on " not in out.getvalue():
+                assert time.monotonic() < deadline, out.getvalue()
+                time.sleep(0.02)
+            line = next(li for li in out.getvalue().splitlines() if " serving on " in li)
+            host, port = line.split(" serving on ")[1].split(", ")[0].rsplit(":", 1)
+            with smtplib.SMTP(host, int(port), timeout=10) as client:
+                client.sendmail("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\ny\r\n")
+            os.kill(os.getpid(), signal.SIGHUP)
+            while "configuration reloaded" not in out.getvalue():
+                assert time.monotonic() < deadline, out.getvalue()
+                time.sleep(0.02)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    status = admin_main(
+        ["serve", "-C", str(config)], Streams(io.BytesIO(), out, io.StringIO(), env)
+    )
+    driver.join(10)
+    assert failures == []
+    assert status == 0
+    text = out.getvalue()
+    assert "configuration reloaded: 0 change(s)" in text and text.rstrip().endswith('"stopped"}')
+    assert len(os.listdir(tmp_path / "spool" / "queue")) == 1  # the relay is down: still queued
