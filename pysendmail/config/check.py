@@ -29,7 +29,8 @@ from pysendmail.config.snapshot import resolve_config_path, save_snapshot, snaps
 from pysendmail.errors import EX_CONFIG, ConfigError
 
 MASK = "********"
-_SECRET_KEYS = frozenset({"password"})
+# Password hashes are secrets too: printed, they can be cracked offline.
+_SECRET_KEYS = frozenset({"password", "users"})
 _DURATION_KEYS = frozenset(
     {
         "direct_timeout",
@@ -105,7 +106,7 @@ def _section_lines(validated: Validated, path: Path, values: dict[str, Any]) -> 
     lines = []
     for key, value in values.items():
         shown: Any = value
-        if key in _SECRET_KEYS and value is not None:
+        if key in _SECRET_KEYS and value is not None and value != []:
             shown = MASK
         elif key in _DURATION_KEYS and isinstance(value, int):
             shown = format_duration(value)

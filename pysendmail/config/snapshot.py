@@ -81,11 +81,16 @@ def file_identity(path: str) -> "tuple[int, ...] | None":
 
 
 def environment_key(environ: "Mapping[str, str]") -> "tuple[tuple[str, Any], ...]":
-    """Every ``PYSENDMAIL_`` variable; a password variable only by whether it is empty."""
+    """Every ``PYSENDMAIL_`` variable; a secret one only by whether it is empty.
+
+    The key is stored in the snapshot, which everyone may read: a password or
+    the sidecar's password hashes must never end up in it. Neither is part of
+    the snapshot's settings, so its mere presence is all the key needs.
+    """
     items: list[tuple[str, Any]] = []
     for name in environ:
         if name.startswith(ENV_PREFIX):
-            if name.upper().endswith("__PASSWORD"):
+            if name.upper().endswith(("__PASSWORD", "__USERS")):
                 items.append((name, bool(environ[name])))
             else:
                 items.append((name, environ[name]))

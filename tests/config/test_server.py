@@ -175,3 +175,26 @@ def test_split_listen(text: str, host: str, port: int) -> None:
 def test_split_listen_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         split_listen(text)
+
+
+def test_password_hashes_never_reach_check_output_or_the_snapshot(
+    write: Write, env: dict[str, str], cache_dir: Path
+) -> None:
+    """Hashes can be cracked offline: check masks them; the world-readable snapshot omits them."""
+    cert = cache_dir.parent / "cert.pem"
+    cert.write_text("-")
+    path = write(f'[server]\ntls_cert = "{cert}"\nusers = ["app:{HASH}"]\n')
+    variables = {**env, "PYSENDMAIL_SERVER__USERS": f'["env:{HASH}"]'}
+    out, err = io.StringIO(), io.StringIO()
+    assert check_main(path, variables, out, err) == 0, err.getvalue()
+    assert HASH not in out.getvalue() + err.getvalue()
+    assert 'users = "********"' in out.getvalue()
+    snapshots = list(cache_dir.glob("*.snapshot"))
+    assert snapshots, "config check writes the snapshot"
+    hash_bytes = HASH.encode()
+    for snapshot in snapshots:
+        assert hash_bytes not in snapshot.read_bytes()
+    # The snapshot is still used, and still invalidated when the variable goes away.
+    assert load(path, variables).server.max_recipients == 100
+    del variables["PYSENDMAIL_SERVER__USERS"]
+    assert load(path, variables).server.max_recipients == 100
