@@ -83,6 +83,9 @@ class Logger:
 
     def line(self, text: str, level: str = "info") -> None:
         text = printable(text, 8000)
+        if self.format == "json" and self.target != "syslog":
+            self._write_json({"message": text}, level)
+            return
         if self.target == "syslog":
             import syslog
 
@@ -100,6 +103,13 @@ class Logger:
             pass
 
     def _json(self, queue_id: str, level: str, fields: dict[str, object]) -> None:
+        record: dict[str, object] = {"queue_id": queue_id}
+        for key, val in fields.items():
+            if val is not None:
+                record[key] = val if isinstance(val, int | float | bool) else printable(val)
+        self._write_json(record, level)
+
+    def _write_json(self, fields: dict[str, object], level: str) -> None:
         import json
 
         record: dict[str, object] = {
@@ -107,11 +117,8 @@ class Logger:
             "level": level,
             "program": self.ident,
             "pid": os.getpid(),
-            "queue_id": queue_id,
+            **fields,
         }
-        for key, val in fields.items():
-            if val is not None:
-                record[key] = val if isinstance(val, int | float | bool) else printable(val)
         try:
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
