@@ -48,7 +48,7 @@ SECURITY and failure rules this module must keep:
 # ``base64`` or ``from __future__`` (annotations naming typing-only things are
 # quoted), and ``ssl`` only when TLS is actually used: implicit TLS, or a
 # STARTTLS the server offers. "auto" against a server without STARTTLS never
-# loads it. ``binascii`` only during AUTH.
+# loads it. ``auth`` and ``binascii`` only when authenticating.
 import sys
 
 # The ABC ``collections.abc`` re-exports, without importing ``collections``.
@@ -64,7 +64,6 @@ from pysendmail.errors import (
     SMTPUnsupportedCommand,
     error_for_reply,
 )
-from pysendmail.smtp import auth
 from pysendmail.smtp.address import Address, check_argument, coerce
 from pysendmail.smtp.connection import Connection, MessageWriter, SendResult, Timeouts, Trace
 from pysendmail.smtp.encoder import DEFAULT_CHUNK_SIZE, MessageSource, encode_text, normalise
@@ -469,6 +468,8 @@ class SMTP:
         if user is not None:
             check_argument(user, "AUTH user")
             if authtype is not None:
+                from pysendmail.smtp import auth  # only when authenticating
+
                 auth.canonical_name(authtype)
         # Loading the system's CA store costs ~40 ms: only when TLS is certain.
         context = self._tls_context() if self.tls else None
@@ -649,6 +650,8 @@ class SMTP:
                 "refusing to send credentials over a connection without TLS "
                 "(use TLS, or allow_plaintext_auth=True on a trusted network)"
             )
+        from pysendmail.smtp import auth  # only when authenticating
+
         offered = self.capable_auth_types
         name = auth.select(offered, authtype)
         if name is None:
