@@ -116,6 +116,10 @@ class Spool:
         self._file.seek(0)
         return self._file
 
+    def memory(self) -> bytes | None:
+        """The data when it is all in memory (``None`` once it went to a file)."""
+        return None if self._file is not None else bytes(self._buffer)
+
     def close(self) -> None:
         self._buffer = bytearray()
         if self._file is not None:
@@ -173,6 +177,8 @@ class Submission:
 
 #: Takes a submission, returns the DATA reply ("250 ..." only when durable or relayed).
 Submit = Callable[[Submission], str]
+#: Takes a submission, returns the future of its DATA reply, or ``None`` when not taken.
+GroupSubmit = Callable[[Submission], "asyncio.Future[str] | None"]
 
 
 def describe_peer(peer: object) -> str:
@@ -216,6 +222,9 @@ class Handler:
         self.policy = policy
         self.submit = submit
         self.executor = executor
+        #: When set: takes a submission whose data is in memory and returns the
+        #: future of its reply (``None``: not taken, use ``submit`` in ``executor``).
+        self.group_submit: GroupSubmit | None = None
         # Not "auth_...": aiosmtpd takes every handler attribute of that name
         # for an AUTH mechanism.
         self.verify_executor = verify_executor or executor
@@ -454,12 +463,18 @@ class Handler:
             session.host_name,
             server.login,
         )
-        loop = asyncio.get_running_loop()
-        # The worker owns the spool from here: it closes it, even if this
-        # session is gone before the commit returns.
-        reply = await loop.run_in_executor(
-            self.executor, _submit_guarded, self.submit, submission, self.log
-        )
+        future = self.group_submit(submission) if self.group_submit is not None else None
+        if future is not None:
+            # The group committer took the data (and closed the spool); the
+            # future ends with 250 only after the batch's directory fsync.
+            reply = await asyncio.shield(future)
+        else:
+            loop = asyncio.get_running_loop()
+            # The worker owns the spool from here: it closes it, even if this
+            # session is gone before the commit returns.
+            reply = await loop.run_in_executor(
+                self.executor, _submit_guarded, self.submit, submission, self.log
+            )
         if reply.startswith("250"):
             self.limiter.record(client_key(session.peer), time.monotonic())
         return reply

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from pysendmail import __version__, errors
 from pysendmail.queue.spool import Queue
 from pysendmail.runner import Runner, RunSummary
+from pysendmail.server.committer import GroupCommitter
 from pysendmail.server.http import HTTPServer
 from pysendmail.server.listener import SHUTTING_DOWN, Handler, Registry
 from pysendmail.server.metrics import CONTENT_TYPE, Metrics, ServerLogger, queue_gauges
@@ -222,6 +223,7 @@ class App:
             verify_executor=self.verifier,
             registry=self.registry,
         )
+        self.group = GroupCommitter(self.queue.root, self.policy, self.submitter, logger)
         self.servers: list[asyncio.Server] = []
         self.addresses: list[str] = []
         self.http: HTTPServer | None = None
@@ -247,6 +249,7 @@ class App:
         try:
             await self._bind(loop)
             _drop_privileges(self.queue, self._log_line)
+            self._start_committer(loop)
             self._start_runner()
             self._install_signals(loop)
             shown = ", ".join(self.addresses)
@@ -305,6 +308,14 @@ class App:
             bound = self.http.server.sockets[0].getsockname()
             self.addresses.append(f"http://{bound[0]}:{bound[1]}")
 
+    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.group.start(loop)
+        except OSError as exc:
+            self._log_line(f"no commit process ({exc}): committing in threads", "warning")
+            return
+        self.handler.group_submit = self.group
+
     def _start_runner(self) -> None:
         def watch() -> None:
             try:
@@ -361,6 +372,7 @@ class App:
         self.loaded = new
         self.policy = Policy(new)
         self.handler.set_policy(self.policy)
+        self.group.set_policy(self.policy)
         self.runner.settings = new.settings
         for line in lines:
             self._log_line(f"reload: {line}", "info")
@@ -442,6 +454,7 @@ class App:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         # Commits under way finish: their clients may already have their 250.
+        await self.group.close()
         await loop.run_in_executor(None, self.executor.shutdown, True)
         self.verifier.shutdown(wait=False, cancel_futures=True)
         self.stopping.set()

@@ -71,26 +71,48 @@ class QueueSubmitter:
             with self.queue.begin(queue_id) as pending:
                 envelope = receive(src, pending.file, options)
                 pending.commit()
-        except _TEMPORARY as exc:
-            self.log.line(f"{submission.client}: not queued: {exc}", "error")
-            return (
-                f"451 4.3.0 Cannot queue the message now, try again later: {reply_text(exc, 120)}"
-            )
-        except errors.PysendmailError as exc:
-            self.log.line(f"{submission.client}: refused: {exc}", "warning")
-            return f"554 5.6.0 Message refused: {reply_text(exc)}"
-        except OSError as exc:
-            self.log.line(f"{submission.client}: not queued: {exc.strerror or exc}", "error")
-            return "451 4.3.0 Cannot queue the message now, try again later"
+        except Exception as exc:
+            reply, text, level = failure(exc)
+            if text is None:
+                raise
+            self.log.line(f"{submission.client}: {text}", level)
+            return reply
+        self.accepted(
+            submission, queue_id, envelope.sender, envelope.size, len(envelope.recipients)
+        )
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def accepted(
+        self, submission: Submission, queue_id: str, sender: str, size: int, nrcpt: int
+    ) -> None:
+        """Log and count one committed message (after its commit, before its 250)."""
         fields: dict[str, object] = {
             "client": submission.client,
-            "from": f"<{envelope.sender}>",
-            "size": envelope.size,
-            "nrcpt": len(envelope.recipients),
+            "from": f"<{sender}>",
+            "size": size,
+            "nrcpt": nrcpt,
         }
         if submission.login:
             fields["sasl_username"] = submission.login
         self.log.event(queue_id, "info", **fields)
         if self.metrics is not None:
-            self.metrics.message_accepted(envelope.size)
-        return f"250 2.0.0 Ok: queued as {queue_id}"
+            self.metrics.message_accepted(size)
+
+
+def failure(exc: BaseException) -> tuple[str, str | None, str]:
+    """The DATA reply, the log text (``None``: not ours to answer) and level for a failure."""
+    if isinstance(exc, _TEMPORARY):
+        return (
+            f"451 4.3.0 Cannot queue the message now, try again later: {reply_text(exc, 120)}",
+            f"not queued: {exc}",
+            "error",
+        )
+    if isinstance(exc, errors.PysendmailError):
+        return f"554 5.6.0 Message refused: {reply_text(exc)}", f"refused: {exc}", "warning"
+    if isinstance(exc, OSError):
+        return (
+            "451 4.3.0 Cannot queue the message now, try again later",
+            f"not queued: {exc.strerror or exc}",
+            "error",
+        )
+    return "451 4.3.0 Temporary server error, try again later", None, "error"
