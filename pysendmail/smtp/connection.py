@@ -405,7 +405,13 @@ class Connection:
         timeout = self.timeouts.write
         try:
             if self._plain:
-                self._send_all(sock, data, timeout)
+                # Tried at once: there is almost always room for it.
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent != len(data):
+                    self._send_rest(sock, data, sent, timeout)
             else:
                 if timeout != self._timeout:
                     self._timeout = _UNKNOWN
@@ -425,17 +431,10 @@ class Connection:
             self.kill("interrupted while writing")
             raise
 
-    def _send_all(
-        self, sock: "_socket.socket", data: bytes | bytearray, timeout: float | None
+    def _send_rest(
+        self, sock: "_socket.socket", data: bytes | bytearray, sent: int, timeout: float | None
     ) -> None:
-        """``sendall`` on the non-blocking socket, all of it within ``timeout`` (TimeoutError)."""
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        # The socket's buffer is full: wait for room, up to the deadline.
+        """The rest of a write the socket's buffer had no room for, within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         view = memoryview(data)
         while sent < len(data):

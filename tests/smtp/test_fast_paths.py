@@ -9,14 +9,17 @@ the general path gives, for any input.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pysendmail.errors import SMTPWriteTimeout
 from pysendmail.smtp import SMTP
 from pysendmail.smtp.address import Address
+from pysendmail.smtp.connection import Connection, Timeouts, Trace
 from pysendmail.smtp.encoder import DEFAULT_CHUNK_SIZE, MessageSource, message_size, normalise
 from pysendmail.smtp.protocol import ClientProtocol, Data, Ehlo, Mail, Rcpt
 from tests.support.smtpd import Peer, ScriptedServer
@@ -105,3 +108,45 @@ def test_size_is_the_same_on_both_sides_of_the_fast_path_limit(
         text = message.decode("ascii")
         assert smtp.send_message(text, "a@b.test", "c@d.test").response.code == 250
     server.wait()
+
+
+class TrickleSocket:
+    """A socket whose buffer takes ten octets per send: every send makes progress."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 25)
+
+    def send(self, data: bytes) -> int:
+        taken = min(len(data), 10)
+        self.sent += taken
+        return taken
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_write_that_keeps_progressing_still_ends_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A plain socket is non-blocking and the write deadline is kept by the
+    # connection: it bounds the whole write, as sendall's timeout does, not
+    # each send (a server reading a few octets at a time cannot stretch it).
+    def wait(self: Connection, sock: object, events: int, timeout: float | None) -> bool:
+        if timeout is not None and timeout <= 0:
+            return False
+        time.sleep(0.01)
+        return True
+
+    monkeypatch.setattr(Connection, "_wait", wait)
+    sock = TrickleSocket()
+    conn = Connection(sock, "mx.test:25", Timeouts(write=0.1), Trace())  # type: ignore[arg-type]
+    conn._plain = True
+    began = time.monotonic()
+    with pytest.raises(SMTPWriteTimeout):
+        conn.write(b"x" * 100_000)
+    assert 0.1 <= time.monotonic() - began < 1.0
+    assert 0 < sock.sent < 100_000
+    assert conn.dead == "write timed out"
