@@ -72,6 +72,7 @@ from pysendmail import errors
 from pysendmail.bounce import Failure, duration_text, write_bounce
 from pysendmail.log import Logger, delivery_fields, printable
 from pysendmail.queue import Claim, Queue, Trigger, make_queue_id
+from pysendmail.queue.removals import Removals
 from pysendmail.queue.state import RecipientState, State
 from pysendmail.relay import (
     BOUNCED,
@@ -185,15 +186,23 @@ class _Feed:
     added is always taken by someone before the run ends.
     """
 
-    def __init__(self, items: Iterable[str], *, forced: bool = False) -> None:
+    def __init__(
+        self, items: Iterable[str], *, forced: bool = False, removals: Removals | None = None
+    ) -> None:
         self._items = collections.deque(items)
         self._lock = threading.Lock()
         self.stopped = False
         #: The ids were named (``queue flush ID``): deliver them whatever their time.
         self.forced = forced
+        #: Where finished messages' removals are made durable, in batches.
+        self.removals = removals
 
     def __iter__(self) -> Iterator[str]:
         return self
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def __next__(self) -> str:
         with self._lock:
@@ -321,11 +330,29 @@ class Runner:
         summary.due = len(todo)
         if not todo:
             return summary
-        workers = self.workers_for(len(todo))
-        feed = _Feed(todo, forced=ids is not None)
+        # The removals of delivered messages are made durable in batches, and
+        # all of them before the run returns (queue/removals.py).
+        removals = Removals(self.queue)
+        feed = _Feed(todo, forced=ids is not None, removals=removals)
+        try:
+            self._work_all(feed, summary)
+        finally:
+            try:
+                removals.close()
+            except OSError as exc:
+                # Raised over whatever else stopped the run: the next run could
+                # send these messages again, and that is what needs saying.
+                raise StateWriteError(
+                    f"delivered messages were removed from the queue, but the removal "
+                    f"could not be made durable ({exc}); the run stops"
+                ) from exc
+        return summary
+
+    def _work_all(self, feed: _Feed, summary: RunSummary) -> None:
+        workers = self.workers_for(len(feed))
         if workers == 1:
             self._work(feed, summary)
-            return summary
+            return
         failures: list[BaseException] = []
 
         def work() -> None:
@@ -345,7 +372,6 @@ class Runner:
             thread.join()
         if failures:
             raise failures[0]
-        return summary
 
     def due(self, now: float) -> list[str]:
         """The ids of the queued messages with a recipient due at ``now``, oldest first.
@@ -356,7 +382,17 @@ class Runner:
         message not removed, or a bounce not yet queued).
         """
         result = []
-        for queue_id in self.queue.ids():
+        ids = self.queue.ids()
+        try:
+            # A message without a state file was never tried: due, and no need
+            # to try opening a file that is not there, once per message.
+            recorded: set[str] | None = set(self.queue.ids("state"))
+        except (OSError, errors.PysendmailError):
+            recorded = None
+        for queue_id in ids:
+            if recorded is not None and queue_id not in recorded:
+                result.append(queue_id)
+                continue
             try:
                 state = self.queue.read_state(queue_id)
             except (OSError, errors.DataError):
@@ -419,7 +455,7 @@ class Runner:
 
     def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: _Feed) -> None:
         try:
-            claim = self.queue.claim(queue_id)
+            claim = self.queue.claim(queue_id, removals=feed.removals)
         except (OSError, errors.PysendmailError) as exc:
             summary.problems += 1
             self._line(queue_id, f"cannot take the message: {exc}", "error")

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
     from pysendmail.message.envelope import Envelope
     from pysendmail.queue.pickup import PickupResult
+    from pysendmail.queue.removals import Removals
     from pysendmail.queue.state import State
     from pysendmail.queue.trigger import Trigger
 
@@ -78,6 +79,8 @@ FILE_MODE = 0o600
 MAILDROP_FILE_MODE = 0o640  # group (the maildrop's) may read: that is the runner
 
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+#: Read buffer of a claimed message: the prelude and a small message in one read.
+_READ_BUFFER = 65536
 _READ = os.O_RDONLY | NOFOLLOW | CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
 
@@ -107,7 +110,16 @@ class Claim:
     leaving the ``with`` block), and also if the process dies.
     """
 
-    __slots__ = ("envelope", "file", "path", "queue", "queue_id", "state")
+    __slots__ = (
+        "_handed_over",
+        "envelope",
+        "file",
+        "path",
+        "queue",
+        "queue_id",
+        "removals",
+        "state",
+    )
 
     def __init__(
         self,
@@ -117,6 +129,7 @@ class Claim:
         file: "BinaryIO",
         envelope: "Envelope",
         state: "State",
+        removals: "Removals | None" = None,
     ) -> None:
         self.queue = queue
         self.queue_id = queue_id
@@ -124,6 +137,9 @@ class Claim:
         self.file = file
         self.envelope = envelope
         self.state = state
+        #: Where ``done`` hands the removal for a batched fsync (removals.py), if anywhere.
+        self.removals = removals
+        self._handed_over = False
 
     def __enter__(self) -> "Claim":
         return self
@@ -143,8 +159,24 @@ class Claim:
         self.queue.write_state(self.queue_id, self.state, sync=sync)
 
     def done(self) -> None:
-        """Every recipient is finished: remove the message, then its state."""
+        """Every recipient is finished: remove the message, then its state.
+
+        The removal is durable before return, unless the claim was made with
+        ``removals``: then the message is unlinked now and the fsync of
+        ``queue/``, the state's removal and the closing of the file follow in
+        that object's next batch (see removals.py for why that is safe).
+        """
         q = self.queue
+        if self.removals is not None:
+            # As below, a file already gone (an admin's delete) is no error;
+            # contextlib.suppress would cost sendmail an import.
+            try:  # noqa: SIM105
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._handed_over = True
+            self.removals.add(self.file, q.path("state", self.queue_id))
+            return
         try:
             os.unlink(self.path)
             fsync_dir(q.dir("queue"))
@@ -165,7 +197,8 @@ class Claim:
 
     def release(self) -> None:
         """Unlock without changing anything (the message stays queued)."""
-        close_quietly(self.file)
+        if not self._handed_over:  # else the removals close it
+            close_quietly(self.file)
 
 
 class Queue:
@@ -477,12 +510,13 @@ class Queue:
 
     # ------------------------------------------------------------------ claim
 
-    def claim(self, queue_id: str) -> "Claim | None":
+    def claim(self, queue_id: str, *, removals: "Removals | None" = None) -> "Claim | None":
         """Take ``queue/ID`` for delivery, or ``None`` when another process holds it or it is gone.
 
         Exactly one of any number of concurrent claimers gets the message. A
         message whose file or state does not parse can never be delivered: it
-        is moved to ``failed/`` and ``DataError`` says why.
+        is moved to ``failed/`` and ``DataError`` says why. ``removals``: see
+        ``Claim.done``.
         """
         from pysendmail.message.envelope import Envelope
 
@@ -502,7 +536,7 @@ class Queue:
         except BaseException:
             f.close()
             raise
-        return Claim(self, queue_id, self.path("queue", queue_id), f, env, state)
+        return Claim(self, queue_id, self.path("queue", queue_id), f, env, state, removals)
 
     def _lock(self, path: str) -> "BinaryIO | None":
         """Open ``path`` and lock it; ``None`` if busy, gone, or replaced meanwhile."""
@@ -529,8 +563,9 @@ class Queue:
                 return None
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or os.fstat(fd).st_nlink == 0:
                 return None
-            os.set_blocking(fd, True)
-            f = os.fdopen(fd, "rb")
+            # O_NONBLOCK stays set: it means nothing for a regular file. The
+            # buffer size is given, which spares the isatty() probe of open().
+            f = os.fdopen(fd, "rb", buffering=_READ_BUFFER)
             return f
         finally:
             if f is None:

@@ -598,6 +598,32 @@ def test_a_delivered_message_that_cannot_be_removed_stops_the_run(
     assert len(queue.ids()) == 3  # the next run sends the first again: the permitted duplicate
 
 
+def test_removals_that_cannot_be_made_durable_stop_the_run_with_75(
+    tmp_path: pathlib.Path,
+    server: RecordingServer,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pysendmail.queue import removals
+
+    for i in range(3):
+        enqueue(queue, ["bob@example.net"], subject=f"d{i}")
+
+    def broken(path: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(removals, "fsync_dir", broken)
+    s = settings_for(tmp_path, server.port)
+    err = io.StringIO()
+    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    assert status == errors.EX_TEMPFAIL
+    # Delivered and removed, but maybe not durably: the run says so and stops.
+    assert 1 <= len(server.messages) <= 3
+    assert "the removal could not be made durable" in err.getvalue()
+    assert "Input/output error" in err.getvalue()
+    assert len(queue.ids()) == 3 - len(server.messages)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
