@@ -72,7 +72,7 @@ from pysendmail import errors
 from pysendmail.bounce import Failure, duration_text, write_bounce
 from pysendmail.log import Logger, delivery_fields, printable
 from pysendmail.queue import Claim, Queue, Trigger, make_queue_id
-from pysendmail.queue.removals import Removals
+from pysendmail.queue.removals import NotDurable, Removals
 from pysendmail.queue.state import RecipientState, State
 from pysendmail.relay import (
     BOUNCED,
@@ -219,6 +219,13 @@ class _Feed:
             self.stopped = True
 
 
+def _not_durable(exc: OSError) -> StateWriteError:
+    return StateWriteError(
+        "delivered messages were removed from the queue, but the removal could not be "
+        f"made durable ({exc}); the run stops"
+    )
+
+
 def backoff(attempts: int, retry_min: float, retry_max: float) -> float:
     """The wait after the ``attempts``-th failed attempt: retry_min, doubling, at most retry_max."""
     if attempts <= 1:
@@ -342,10 +349,7 @@ class Runner:
             except OSError as exc:
                 # Raised over whatever else stopped the run: the next run could
                 # send these messages again, and that is what needs saying.
-                raise StateWriteError(
-                    f"delivered messages were removed from the queue, but the removal "
-                    f"could not be made durable ({exc}); the run stops"
-                ) from exc
+                raise _not_durable(exc) from exc
         return summary
 
     def _work_all(self, feed: _Feed, summary: RunSummary) -> None:
@@ -528,6 +532,8 @@ class Runner:
     def _remove(self, claim: Claim) -> None:
         try:
             claim.done()
+        except NotDurable as exc:  # an earlier batch of removals failed
+            raise _not_durable(exc) from exc
         except OSError as exc:
             raise StateWriteError(
                 f"{claim.queue_id}: delivered, but cannot remove it from the queue ({exc}); "

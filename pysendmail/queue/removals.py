@@ -62,6 +62,10 @@ BATCH_SIZE = 64
 BATCH_DELAY = 0.02
 
 
+class NotDurable(OSError):
+    """The fsync of a batch failed: removals made before it may not survive a crash."""
+
+
 class Removals:
     """Makes the removals of one runner's finished messages durable in batches.
 
@@ -98,7 +102,7 @@ class Removals:
     def add(self, file: BinaryIO, state_path: str) -> None:
         """Take over ``file`` (of a message just unlinked) and ``state/ID`` to remove.
 
-        Raises the ``OSError`` of a failed earlier batch (the run must stop).
+        Raises ``NotDurable`` when an earlier batch failed (the run must stop).
         """
         with self._cond:
             while (
@@ -124,12 +128,15 @@ class Removals:
                     self._cond.notify_all()
                 return
         # Not taken over: make this one durable here, then report the failure.
-        self._sync([(file, state_path)])
+        try:
+            self._sync([(file, state_path)])
+        except OSError as exc:
+            raise _not_durable(exc) from None
         if error is not None:
             raise error
 
     def close(self) -> None:
-        """Wait until every removal handed over is durable; raise a failed batch's error."""
+        """Wait until every removal handed over is durable; ``NotDurable`` if one batch failed."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -139,7 +146,11 @@ class Removals:
         with self._cond:
             rest, self._pending = self._pending, []
         if rest:
-            self._sync(rest)
+            try:
+                self._sync(rest)
+            except OSError as exc:
+                if self._error is None:
+                    self._error = _not_durable(exc)
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -163,7 +174,7 @@ class Removals:
             except OSError as exc:
                 with self._cond:
                     if self._error is None:
-                        self._error = exc
+                        self._error = _not_durable(exc)
             finally:
                 with self._cond:
                     self._busy = 0
@@ -178,3 +189,9 @@ class Removals:
         finally:
             for file, _state_path in batch:
                 close_quietly(file)
+
+
+def _not_durable(exc: OSError) -> NotDurable:
+    if isinstance(exc, NotDurable):
+        return exc
+    return NotDurable(exc.errno, exc.strerror or str(exc), exc.filename)

@@ -32,6 +32,7 @@ project's hot-path modules at run time: ``sendmail`` imports it on every call.
 """
 
 import errno
+import io
 import os
 import stat
 import time
@@ -111,6 +112,7 @@ class Claim:
     """
 
     __slots__ = (
+        "_content",
         "_handed_over",
         "envelope",
         "file",
@@ -130,6 +132,8 @@ class Claim:
         envelope: "Envelope",
         state: "State",
         removals: "Removals | None" = None,
+        *,
+        content: "bytes | None" = None,
     ) -> None:
         self.queue = queue
         self.queue_id = queue_id
@@ -140,6 +144,8 @@ class Claim:
         #: Where ``done`` hands the removal for a batched fsync (removals.py), if anywhere.
         self.removals = removals
         self._handed_over = False
+        #: The message itself when the file is small (read with the envelope).
+        self._content = content
 
     def __enter__(self) -> "Claim":
         return self
@@ -148,7 +154,13 @@ class Claim:
         self.release()
 
     def message(self) -> "BinaryIO":
-        """The queue file, positioned at the first octet of the message."""
+        """The message, positioned at its first octet: the queue file, or a copy in memory.
+
+        A message of a small file (at most 64 KiB) was read with its envelope
+        when it was claimed; a larger one is streamed from the file.
+        """
+        if self._content is not None:
+            return io.BytesIO(self._content)
         self.file.seek(self.envelope.message_offset)
         return self.file
 
@@ -520,14 +532,23 @@ class Queue:
         """
         from pysendmail.message.envelope import Envelope
 
-        f = self._lock(self.path("queue", check_id(queue_id)))
-        if f is None:
+        locked = self._lock_sized(self.path("queue", check_id(queue_id)))
+        if locked is None:
             return None
+        f, size = locked
+        content = None
         try:
             try:
                 env = Envelope.from_file(f)
                 if env.queue_id != queue_id:
                     raise DataError(f"the envelope names the queue id {env.queue_id}")
+                if size <= _READ_BUFFER:
+                    # The whole file came in with the prelude's first read: keep
+                    # the message, so that sending it costs no more system calls.
+                    rest = size - env.message_offset
+                    content = f.read(rest)
+                    if len(content) != rest:
+                        content = None
                 state = self.state_of(queue_id, env)
             except DataError as exc:
                 link_or_rename(self.path("queue", queue_id), self.path("failed", queue_id))
@@ -536,10 +557,16 @@ class Queue:
         except BaseException:
             f.close()
             raise
-        return Claim(self, queue_id, self.path("queue", queue_id), f, env, state, removals)
+        path = self.path("queue", queue_id)
+        return Claim(self, queue_id, path, f, env, state, removals, content=content)
 
     def _lock(self, path: str) -> "BinaryIO | None":
         """Open ``path`` and lock it; ``None`` if busy, gone, or replaced meanwhile."""
+        locked = self._lock_sized(path)
+        return None if locked is None else locked[0]
+
+    def _lock_sized(self, path: str) -> "tuple[BinaryIO, int] | None":
+        """``_lock``, and the file's size when it was opened."""
         import fcntl
 
         try:
@@ -566,7 +593,7 @@ class Queue:
             # O_NONBLOCK stays set: it means nothing for a regular file. The
             # buffer size is given, which spares the isatty() probe of open().
             f = os.fdopen(fd, "rb", buffering=_READ_BUFFER)
-            return f
+            return f, st.st_size
         finally:
             if f is None:
                 os.close(fd)

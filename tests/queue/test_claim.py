@@ -189,3 +189,23 @@ def test_state_written_for_another_id_is_refused(tmp_path: pathlib.Path) -> None
     other.queue_id = "OTHERID"
     with pytest.raises(errors.DataError):
         q.write_state(env.queue_id, other)
+
+
+def test_a_small_message_is_read_with_its_envelope(tmp_path: pathlib.Path) -> None:
+    q = new_queue(tmp_path / "spool")
+    env = enqueue(q, message("small"))
+    big = enqueue(q, message("big", b"x" * 100 + b"\r\n" * 40000))
+    whole = pathlib.Path(q.path("queue", env.queue_id)).read_bytes()
+    claim = q.claim(env.queue_id)
+    assert claim is not None
+    with claim:
+        first = claim.message()
+        assert first is not claim.file
+        assert first.read() == whole[env.message_offset :]
+        assert claim.message().read() == whole[env.message_offset :]  # again from the start
+    big_whole = pathlib.Path(q.path("queue", big.queue_id)).read_bytes()
+    claim = q.claim(big.queue_id)
+    assert claim is not None
+    with claim:
+        assert claim.message() is claim.file  # streamed
+        assert claim.message().read() == big_whole[big.message_offset :]
