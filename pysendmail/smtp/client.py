@@ -781,9 +781,16 @@ class SMTP:
                 eightbit = not msg.isascii()
             # Whether the trace is on, asked once for the whole message.
             tracing = self._trace.on
-            refused = self._transaction(
-                conn, _address(from_addr), _recipients(to_addrs), len(body), eightbit, tracing
-            )
+            # _address and _recipients, inline for the usual one sender and
+            # one recipient given as str, already parsed.
+            sender = _ADDRESS_CACHE.get(from_addr) if type(from_addr) is str else None
+            if sender is None:
+                sender = _address(from_addr)
+            recipient = None
+            if len(to_addrs) == 1 and type(to_addrs[0]) is str:
+                recipient = _ADDRESS_CACHE.get(to_addrs[0])
+            recipients = _recipients(to_addrs) if recipient is None else [recipient]
+            refused = self._transaction(conn, sender, recipients, len(body), eightbit, tracing)
             return SendResult(conn.send_whole_body(body, normalised=True, tracing=tracing), refused)
         source = MessageSource.of(msg)
         if eightbit is None:

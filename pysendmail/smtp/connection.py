@@ -34,12 +34,12 @@ logger at WARNING) a DEBUG record is dropped anyway, so nothing is lost.
 
 A plain TCP socket is non-blocking, and the time limits are kept here: a
 write is tried at once and waits (``select.poll``, up to what is left of the
-deadline) only when the socket's buffer is full; a read waits with
-``poll``, then reads. A socket with a timeout would ``poll`` before every
-``send`` as well, whose buffer is almost never full: one system call in
-four saved per message. A TLS socket keeps Python's timeouts (an
-``SSLSocket`` manages its own reads), set only when they change:
-``settimeout`` is a system call too.
+deadline) only when the socket's buffer is full; a read is tried at once or
+waits first, as the link has shown to pay (``_recv_plain``). A socket with a
+timeout would ``poll`` before every ``send`` and ``recv``, whose buffers
+are almost never full, and whose replies on a loopback are mostly there.
+A TLS socket keeps Python's timeouts (an ``SSLSocket`` manages its own
+reads), set only when they change: ``settimeout`` is a system call too.
 """
 
 # No ``from __future__``, ``typing``, ``dataclasses``, ``contextlib``,
@@ -245,10 +245,12 @@ class Connection:
     """A connected socket and the protocol state on it; see the module docstring."""
 
     __slots__ = (
+        "_misses",
         "_plain",
         "_pollers",
         "_sock",
         "_timeout",
+        "_wait_first",
         "dead",
         "encrypted",
         "peer",
@@ -267,6 +269,9 @@ class Connection:
         # Plain TCP: non-blocking, deadlines kept here (see the module docstring).
         self._plain = False
         self._pollers: dict[int, Any] = {}
+        # Reads that wait before trying, and the misses behind it (_recv_plain).
+        self._wait_first = 0
+        self._misses = 0
         #: The server's IP address, as connected (for logs: "relay=host[ip]:port").
         self.peer: str | None
         try:
@@ -431,6 +436,36 @@ class Connection:
             self.kill("interrupted while writing")
             raise
 
+    def _recv_plain(self, sock: "_socket.socket", timeout: float | None) -> bytes | None:
+        """What the server sent, waiting up to ``timeout`` (TimeoutError); None if nothing came.
+
+        Whether to read before waiting is learnt from the link. A server on
+        the same machine has often answered before the client asks (it ran
+        while the command was sent): reading at once then saves the poll().
+        Over a network the reply is never there yet, and the failed read
+        costs a system call and an exception: after each miss, that many
+        more reads (doubling, up to 64) wait first.
+        """
+        if self._wait_first:
+            self._wait_first -= 1
+        else:
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                self._misses = self._wait_first = min(self._misses * 2 or 1, 64)
+            else:
+                self._misses = 0
+                return data
+        poller = self._pollers.get(_POLLIN) or self._poller(sock, _POLLIN)
+        # poll() takes milliseconds, rounded up; it resumes after a signal
+        # with what is left of the time (PEP 475).
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            raise TimeoutError
+        try:
+            return sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return None
+
     def _send_rest(
         self, sock: "_socket.socket", data: bytes | bytearray, sent: int, timeout: float | None
     ) -> None:
@@ -449,17 +484,18 @@ class Connection:
         """Whether ``sock`` became ready for ``events`` within ``timeout`` seconds (None: ever)."""
         if timeout is not None and timeout <= 0:
             return False
-        # One poll object for each kind of wait, registered once.
-        pollers = self._pollers
-        poller = pollers.get(events)
-        if poller is None:
-            import select
-
-            poller = pollers[events] = select.poll()
-            poller.register(sock, events)
+        poller = self._pollers.get(events) or self._poller(sock, events)
         # poll() takes milliseconds, rounded up; it resumes after a signal
         # with what is left of the time (PEP 475).
         return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+    def _poller(self, sock: "_socket.socket", events: int) -> "Any":
+        """The poll object for ``events`` on ``sock``: one per kind of wait, registered once."""
+        import select
+
+        poller = self._pollers[events] = select.poll()
+        poller.register(sock, events)
+        return poller
 
     def read_reply(
         self,
@@ -527,13 +563,8 @@ class Connection:
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError
                 if plain:
-                    # Wait first: a reply is rarely there the moment the
-                    # command has left, and a failed recv costs an exception.
-                    if not self._wait(sock, _POLLIN, timeout):
-                        raise TimeoutError
-                    try:
-                        data = sock.recv(_RECV_SIZE)
-                    except BlockingIOError:
+                    data = self._recv_plain(sock, timeout)
+                    if data is None:
                         timeout = _remaining(deadline)
                         continue  # woken for nothing: wait again
                 else:
@@ -603,7 +634,9 @@ class Connection:
             traces = [c.trace(line + b"\r\n") for c, line in zip(commands, lines, strict=False)]
             self.write(wire, traces)
         else:
-            self.write(wire)
+            sock = self._sock
+            assert sock is not None  # _send checked
+            self._write(sock, wire)
         return self._read_replies(len(commands), tracing)
 
     # ------------------------------------------------------------------ message bodies
@@ -621,7 +654,8 @@ class Connection:
         ``normalised``: see ``ClientProtocol.send_whole_body``; ``tracing``:
         see ``pipeline``.
         """
-        proto = self.live()
+        # The protocol refuses once the connection is dead (connection_lost).
+        proto = self.proto
         return self._end(proto, proto.send_whole_body(data, normalised=normalised), tracing)
 
     def send_body(self, source: "MessageSource") -> "Response":
@@ -660,7 +694,10 @@ class Connection:
             self.trace(f"<- [message data: {proto.body_octets} octets]")
             self.write(wire, (".\r\n",))
         else:
-            self.write(wire)
+            sock = self._sock
+            if sock is None or self.dead is not None:
+                raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
+            self._write(sock, wire)
         reply = self._read_replies(1, tracing)[0]
         if not 200 <= reply.code < 300:
             raise error_for_reply(reply)

@@ -739,7 +739,12 @@ class ClientProtocol:
         if len(commands) == 1:
             data = self.encode(commands[0])
         else:
-            data = b"".join([self.encode(command) for command in commands])
+            parts = []
+            for command in commands:
+                # encode(), without the call for a command without arguments.
+                simple = _SIMPLE_LINES.get(type(command))
+                parts.append(self.encode(command) if simple is None else simple)
+            data = b"".join(parts)
         if not pending and self._parser.buffered:
             self._check_unsolicited()
         pending.extend(commands)

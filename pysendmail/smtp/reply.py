@@ -293,13 +293,15 @@ class ReplyParser:
             # takes the general path, which gives the same reply.
             end = buffer.find(b"\n", self._scanned)
             if 4 <= end < MAX_LINE_LENGTH and buffer[end - 1] == 0x0D:
-                line = buffer[: end - 1]
-                if line.isascii():
-                    text = line.decode()
-                    if text[:3].isdigit() and (end == 4 or text[3] == " ") and text.isprintable():
-                        del buffer[: end + 1]
-                        self._scanned = 0
-                        return Response(text[:3], (text[4:],), text + "\r\n")
+                try:
+                    text = buffer[: end - 1].decode("ascii")
+                except UnicodeDecodeError:
+                    text = ""  # 8-bit text: the general path cleans it
+                status = text[:3]
+                if status.isdigit() and (end == 4 or text[3] == " ") and text.isprintable():
+                    del buffer[: end + 1]
+                    self._scanned = 0
+                    return Response(status, (text[4:],), text + "\r\n")
         try:
             return self._next_reply()
         except SMTPProtocolError as exc:
