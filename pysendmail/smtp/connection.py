@@ -471,14 +471,16 @@ class Connection:
     ) -> None:
         """The rest of a write the socket's buffer had no room for, within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        view = memoryview(data)
-        while sent < len(data):
-            if not self._wait(sock, _POLLOUT, _remaining(deadline)):
-                raise TimeoutError
-            try:
-                sent += sock.send(view[sent:])
-            except BlockingIOError:
-                continue  # woken for nothing: wait again
+        # Released on the way out, also on an error: a traceback holding the
+        # view would keep the caller's bytearray from being cleared.
+        with memoryview(data) as view:
+            while sent < len(data):
+                if not self._wait(sock, _POLLOUT, _remaining(deadline)):
+                    raise TimeoutError
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    continue  # woken for nothing: wait again
 
     def _wait(self, sock: "_socket.socket", events: int, timeout: float | None) -> bool:
         """Whether ``sock`` became ready for ``events`` within ``timeout`` seconds (None: ever)."""

@@ -150,3 +150,29 @@ def test_a_write_that_keeps_progressing_still_ends_at_its_deadline(
     assert 0.1 <= time.monotonic() - began < 1.0
     assert 0 < sock.sent < 100_000
     assert conn.dead == "write timed out"
+
+
+def test_a_write_timeout_in_a_message_stream_is_the_error_raised(
+    scripted_server: ScriptedFactory,
+) -> None:
+    # The writer's buffer goes to a non-blocking socket through a
+    # memoryview; when the write times out, dropping the buffer must not fail
+    # on that view (BufferError) and hide the timeout.
+    def script(peer: Peer) -> None:
+        peer.handshake("PIPELINING")
+        peer.expect(b"MAIL")
+        peer.expect(b"RCPT")
+        peer.expect(b"DATA")
+        peer.send(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        peer.stall()  # never reads the body
+
+    server = scripted_server(script, receive_buffer=4096)
+    smtp = SMTP(server.host, server.port, starttls=False, write_timeout=0.2)
+    smtp.start()
+    with (
+        pytest.raises(SMTPWriteTimeout),
+        smtp.open_message_stream("a@b.test", "c@d.test") as f,
+    ):
+        for _ in range(64 * 1024):
+            f.write(b"x" * 1000 + b"\r\n")
+    smtp.finish()
