@@ -141,7 +141,8 @@ if TYPE_CHECKING:
     from typing import overload
 
 
-__all__ = ["SMTP", "MessageWriter", "SendResult", "StartTLSMode"]
+# StartTLSMode is a name for type checkers only (it needs typing.Literal).
+__all__ = ["SMTP", "MessageWriter", "SendResult"]
 
 #: A hostile server could send 334 for ever; no real mechanism needs more.
 MAX_AUTH_CHALLENGES = 8
