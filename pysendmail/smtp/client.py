@@ -836,19 +836,18 @@ class SMTP:
         """
         proto = conn.proto
         smtputf8 = False
+        rcpts: list[Command] = []
         for recipient in recipients:
-            if recipient.needs_smtputf8():
+            rcpts.append(Rcpt(recipient))
+            if not smtputf8 and recipient.needs_smtputf8():
                 smtputf8 = True
-                break
         mail = Mail(sender, size, eightbit, smtputf8)
-        rcpts = [Rcpt(r) for r in recipients]
         data_reply: Response | None = None
         if proto.pipelining:
             # All checked before any is queued, and sent in one write.
-            commands: list[Command] = [mail]
-            commands += rcpts
-            commands.append(DATA)
-            replies = conn.pipeline(commands, tracing)
+            rcpts.insert(0, mail)
+            rcpts.append(DATA)
+            replies = conn.pipeline(rcpts, tracing)
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
             # Every command is checked before the first one is sent.
