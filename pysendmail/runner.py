@@ -18,6 +18,9 @@ due. One run:
    duplicate a crash can cause is the message whose 250 arrived just before
    the crash. When every recipient was accepted, removing the message is the
    record (no state file is written for it: two fsyncs fewer per message);
+   the removals of a run are made durable in batches, one fsync for many
+   (``queue/removals.py``: only a crash of the machine within a batch can
+   bring a delivered message back, the duplicate DESIGN.md allows);
 4. schedules the next attempt for what was deferred: ``retry_min`` after the
    first failure, doubling up to ``retry_max``, never later than the end of the
    lifetime; once ``queue.lifetime`` has passed since arrival, the recipients

@@ -35,6 +35,11 @@ Why this keeps the queue invariants (DESIGN.md):
 The number of files waiting is bounded (``max_pending``): a hand-over waits
 for the background pass when it is reached, so descriptors stay few.
 
+Why a thread: the closes are mostly waiting on the file system, which the
+thread overlaps with the sending. Doing the same batches in the sending
+thread spared some CPU (no switches between threads) but drained a 2,000
+message queue about 15% slower here (690 against 809 msg/s, 8 rounds each).
+
 What this module must never do: remove a state file before the removal of
 its message is durable; swallow a failed fsync. It is the runner's, never
 imported by ``sendmail``.
@@ -86,7 +91,7 @@ class Removals:
         self.batch_size = max(1, min(batch_size, self.max_pending))
         self.batch_delay = batch_delay
         self._cond = threading.Condition()
-        self._pending: list[tuple[BinaryIO, str]] = []
+        self._pending: list[tuple[BinaryIO, str | None]] = []
         self._first_at = 0.0  # when the first removal of the pending batch came
         self._busy = 0  # files taken by the background pass, not yet closed
         self._closing = False
@@ -99,8 +104,8 @@ class Removals:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, file: BinaryIO, state_path: str) -> None:
-        """Take over ``file`` (of a message just unlinked) and ``state/ID`` to remove.
+    def add(self, file: BinaryIO, state_path: str | None) -> None:
+        """Take over ``file`` (of a message just unlinked) and ``state/ID`` to remove (if any).
 
         Raises ``NotDurable`` when an earlier batch failed (the run must stop).
         """
@@ -180,12 +185,13 @@ class Removals:
                     self._busy = 0
                     self._cond.notify_all()
 
-    def _sync(self, batch: list[tuple[BinaryIO, str]]) -> None:
+    def _sync(self, batch: list[tuple[BinaryIO, str | None]]) -> None:
         """fsync queue/ once for ``batch``; then remove its state files; close its files."""
         try:
             fsync_dir(self.queue.dir("queue"))
             for _file, state_path in batch:
-                unlink_quietly(state_path)
+                if state_path is not None:
+                    unlink_quietly(state_path)
         finally:
             for file, _state_path in batch:
                 close_quietly(file)

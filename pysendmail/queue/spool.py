@@ -114,6 +114,7 @@ class Claim:
     __slots__ = (
         "_content",
         "_handed_over",
+        "_recorded",
         "envelope",
         "file",
         "path",
@@ -134,6 +135,7 @@ class Claim:
         removals: "Removals | None" = None,
         *,
         content: "bytes | None" = None,
+        recorded: bool = True,
     ) -> None:
         self.queue = queue
         self.queue_id = queue_id
@@ -146,6 +148,10 @@ class Claim:
         self._handed_over = False
         #: The message itself when the file is small (read with the envelope).
         self._content = content
+        #: Whether ``state/ID`` may exist: it did when claimed, or was saved since.
+        #: Every writer of a state file holds the message's lock, so a claim that
+        #: found none knows there is none until it saves one.
+        self._recorded = recorded
 
     def __enter__(self) -> "Claim":
         return self
@@ -168,6 +174,7 @@ class Claim:
         """Record the delivery state (atomically; durable before return when ``sync``)."""
         if state is not None:
             self.state = state
+        self._recorded = True
         self.queue.write_state(self.queue_id, self.state, sync=sync)
 
     def done(self) -> None:
@@ -187,7 +194,8 @@ class Claim:
             except FileNotFoundError:
                 pass
             self._handed_over = True
-            self.removals.add(self.file, q.path("state", self.queue_id))
+            state_path = q.path("state", self.queue_id) if self._recorded else None
+            self.removals.add(self.file, state_path)
             return
         try:
             os.unlink(self.path)
@@ -531,6 +539,7 @@ class Queue:
         ``Claim.done``.
         """
         from pysendmail.message.envelope import Envelope
+        from pysendmail.queue.state import State
 
         locked = self._lock_sized(self.path("queue", check_id(queue_id)))
         if locked is None:
@@ -549,7 +558,8 @@ class Queue:
                     content = f.read(rest)
                     if len(content) != rest:
                         content = None
-                state = self.state_of(queue_id, env)
+                stored = self.read_state(queue_id)
+                state = stored if stored is not None else State.fresh(env)
             except DataError as exc:
                 link_or_rename(self.path("queue", queue_id), self.path("failed", queue_id))
                 fsync_dir(self.dir("failed"))
@@ -558,7 +568,10 @@ class Queue:
             f.close()
             raise
         path = self.path("queue", queue_id)
-        return Claim(self, queue_id, path, f, env, state, removals, content=content)
+        recorded = stored is not None
+        return Claim(
+            self, queue_id, path, f, env, state, removals, content=content, recorded=recorded
+        )
 
     def _lock(self, path: str) -> "BinaryIO | None":
         """Open ``path`` and lock it; ``None`` if busy, gone, or replaced meanwhile."""
@@ -588,7 +601,9 @@ class Queue:
                 now = os.lstat(path)
             except FileNotFoundError:
                 return None
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or os.fstat(fd).st_nlink == 0:
+            # The name still leads to this file, so it has a link: no need to
+            # look at st_nlink (the inode cannot be reused while we hold it).
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 return None
             # O_NONBLOCK stays set: it means nothing for a regular file. The
             # buffer size is given, which spares the isatty() probe of open().

@@ -171,3 +171,31 @@ def test_many_removals_from_threads_keep_few_files_open(tmp_path: pathlib.Path) 
     # and a descriptor or two of the moment (the fsync's, the listing's).
     assert peak <= 8 + 3 + 3
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_state_file_is_removed_when_the_claim_saved_one_and_not_looked_for_otherwise(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = new_queue(tmp_path / "spool")
+    fresh, saved = (enqueue(q, message(f"m{i}")).queue_id for i in range(2))
+    unlinked: list[str] = []
+    real_unlink = os.unlink
+
+    def unlink(path: str, *args: object, **kw: object) -> None:
+        unlinked.append(str(path))
+        real_unlink(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with Removals(q) as removals:
+        _claim_done(q, fresh, removals)
+        claim = q.claim(saved, removals=removals)
+        assert claim is not None
+        with claim:
+            claim.save(State.fresh(claim.envelope))
+            claim.done()
+    monkeypatch.undo()
+    # Every writer of a state file holds the message's lock: a claim that found
+    # none and saved none has none to remove.
+    assert q.path("state", fresh) not in unlinked
+    assert q.path("state", saved) in unlinked
+    assert queue_files(q) == [] and queue_files(q, "state") == []
