@@ -45,7 +45,10 @@ in folders of 0700.
 
 from pysendmail.queue.commit import Pending
 from pysendmail.queue.spool import Claim, NoSuchMessage, Queue, check_id
-from pysendmail.queue.trigger import Trigger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.queue.trigger import Trigger
 
 __all__ = [
     "Claim",
@@ -63,3 +66,13 @@ def make_queue_id() -> str:
     from pysendmail.message.intake import make_queue_id as make
 
     return make()
+
+
+def __getattr__(name: str) -> object:
+    # ``Trigger`` is the runner's: ``sendmail`` (which imports this package on
+    # every call) only pokes, through ``Queue.poke``, and need not load it.
+    if name == "Trigger":
+        from pysendmail.queue.trigger import Trigger
+
+        return Trigger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
