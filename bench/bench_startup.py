@@ -101,7 +101,7 @@ def prepare(sendmail: Path, config: Path) -> list[str]:
         m = measure((str(admin), "-C", str(config), *args), timeout_s=60)
         if m.returncode != 0:
             raise BenchError(f"pysendmail {' '.join(args)} failed: {m.stderr.decode()[-300:]}")
-        notes.append(f"`pysendmail -C pysendmail.toml {' '.join(args)}`")
+        notes.append(f"`pysendmail -C {config.name} {' '.join(args)}`")
     return notes
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_bigmsg
+import bench_bigqueue
 import bench_direct
 import bench_drain
 import bench_serve
@@ -52,6 +53,10 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
     bench_startup.NAME: (
         bench_startup.SUMMARY,
         lambda t, a: bench_startup.run(t, rounds=a.rounds or 40, sendmail=a.sendmail),
+    ),
+    bench_bigqueue.NAME: (
+        bench_bigqueue.SUMMARY,
+        lambda t, a: bench_bigqueue.run(t, rounds=a.rounds or 3, sendmail=a.sendmail),
     ),
     bench_drain.NAME: (
         bench_drain.SUMMARY,
