@@ -11,7 +11,9 @@ due. One run:
    to it) and sends its pending recipients through a ``Relay``. Each worker
    keeps one ``Relay`` for the whole run, so a smarthost sees one connection
    per worker and ``RSET`` between messages; ``queue.connections`` workers
-   (threads) run side by side when there are enough messages to share;
+   run side by side when there are enough messages to share: processes in a
+   one-shot ``queue run`` (``_work_processes``: threads share one interpreter
+   lock and barely beat one worker), threads in ``--watch`` and the sidecar;
 3. records every recipient's verdict in the message's state file *before
    anything else happens* (before logging, before bouncing): an accepted
    recipient is never sent to again (DESIGN.md invariant 3), and the only
@@ -65,7 +67,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -217,6 +221,13 @@ class _Feed:
         with self._lock:
             self._items.append(queue_id)
 
+    def take_all(self) -> list[str]:
+        """Every id not handed out yet (the feed is then empty)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
     def stop(self) -> None:
         with self._lock:
             self.stopped = True
@@ -235,6 +246,26 @@ def backoff(attempts: int, retry_min: float, retry_max: float) -> float:
         return min(retry_min, retry_max)
     # Bounded exponent: 2**64 seconds is far past any retry_max.
     return float(min(retry_max, retry_min * 2 ** min(attempts - 1, 64)))
+
+
+def _die_with(parent: int) -> None:
+    """End this (forked worker) process when ``parent`` ends, as a thread would.
+
+    Whoever stops a run, even with SIGKILL, stops its workers too: Linux's
+    PR_SET_PDEATHSIG sends them SIGKILL. Elsewhere, or if the parent is gone
+    already, the worker leaves at once (its messages stay queued).
+    """
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (ImportError, OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(errors.EX_TEMPFAIL)
 
 
 def _unfinished_business(state: State) -> bool:
@@ -275,6 +306,7 @@ class Runner:
         relay_factory: Callable[[], RelayLike] | None = None,
         queue: Queue | None = None,
         debug_output: IO[str] | None = None,
+        processes: bool = False,
     ) -> None:
         self.settings = settings
         self.log = logger
@@ -291,6 +323,9 @@ class Runner:
         self._summary_lock = threading.Lock()
         # Routes that could not be opened in this run: (relay name, reason).
         self._suspended: dict[tuple[int, ...], tuple[str, str]] = {}
+        #: Run parallel connections as processes (see ``_work_processes``): for
+        #: a one-shot ``queue run``, never inside a program with threads of its own.
+        self.processes = processes and hasattr(os, "fork")
 
     # -- configuration -------------------------------------------------------
 
@@ -360,6 +395,9 @@ class Runner:
         if workers == 1:
             self._work(feed, summary)
             return
+        if self.processes:
+            self._work_processes(feed, summary, workers)
+            return
         failures: list[BaseException] = []
 
         def work() -> None:
@@ -379,6 +417,111 @@ class Runner:
             thread.join()
         if failures:
             raise failures[0]
+
+    def _work_processes(self, feed: _Feed, summary: RunSummary, workers: int) -> None:
+        """Deliver ``feed`` over ``workers`` connections, one process each.
+
+        Threads share one interpreter lock, and a worker spends most of its time
+        running Python (formatting, parsing, bookkeeping), so two threads deliver
+        little more than one. Processes do not share it. The ids are dealt
+        round-robin; each child has its own relay (connection), its own batch
+        of removals and its own suspended routes, and queues the bounces it
+        makes into its own share. Two processes never take the same message
+        (each id is dealt once, and a claim is a lock anyway: invariant 4).
+        Each child reports its counts, and the error that stopped it, through a
+        pipe; a child that dies leaves its messages queued for the next run.
+        """
+        ids = feed.take_all()
+        shares = [ids[n::workers] for n in range(workers)]
+        parent = os.getpid()
+        for stream in (getattr(self.log, "stream", None), sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()  # type: ignore[union-attr]
+        children: list[tuple[int, int]] = []
+        try:
+            for share in shares[1:]:
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the child: deliver its share, report, and leave
+                    os.close(read_end)
+                    status = 70
+                    try:
+                        _die_with(parent)
+                        status = self._child(share, feed.forced, write_end)
+                    finally:
+                        os._exit(status)
+                os.close(write_end)
+                children.append((pid, read_end))
+            own = _Feed(shares[0], forced=feed.forced, removals=feed.removals)
+            self._work(own, summary)
+        finally:
+            failure = self._reap(children, summary)
+        if failure is not None:
+            raise failure
+
+    def _child(self, share: list[str], forced: bool, report_fd: int) -> int:
+        """A worker process's whole life after ``fork``: its share of the run, then a report."""
+        import json
+
+        summary = RunSummary()
+        error: tuple[str, str] | None = None
+        removals = Removals(self.queue)
+        try:
+            try:
+                self._work(_Feed(share, forced=forced, removals=removals), summary)
+            finally:
+                try:
+                    removals.close()
+                except OSError as exc:
+                    raise _not_durable(exc) from exc
+        except StateWriteError as exc:
+            error = ("state", str(exc))
+        except BaseException as exc:
+            error = ("other", f"{type(exc).__name__}: {exc}")
+        report = {name: getattr(summary, name) for name in RunSummary.__slots__}
+        data = json.dumps({"summary": report, "error": error}).encode()
+        with contextlib.suppress(OSError, ValueError):
+            for stream in (getattr(self.log, "stream", None), sys.stdout, sys.stderr):
+                with contextlib.suppress(AttributeError):
+                    stream.flush()  # type: ignore[union-attr]
+        with open(report_fd, "wb") as out:
+            out.write(data)
+        return 0
+
+    def _reap(
+        self, children: list[tuple[int, int]], summary: RunSummary
+    ) -> errors.PysendmailError | None:
+        """Wait for every child; add its counts to ``summary``; the first failure, if any."""
+        import json
+
+        failure: errors.PysendmailError | None = None
+        for pid, read_end in children:
+            with open(read_end, "rb") as src:
+                data = src.read()
+            _, status = os.waitpid(pid, 0)
+            try:
+                report = json.loads(data)
+                counts = report["summary"]
+                error = report["error"]
+            except (ValueError, KeyError, TypeError):
+                how = (
+                    f"signal {os.WTERMSIG(status)}"
+                    if os.WIFSIGNALED(status)
+                    else f"status {os.WEXITSTATUS(status)}"
+                )
+                text = f"a worker process ended by {how}; its messages stay queued"
+                self._line("runner", text, "error")
+                failure = failure or StateWriteError(text)
+                continue
+            mine = RunSummary()
+            for name in RunSummary.__slots__:
+                value = counts.get(name, 0)
+                setattr(mine, name, value if type(value) is int else 0)
+            summary.add(mine)
+            if error is not None and failure is None:
+                kind, text = error
+                failure = StateWriteError(text) if kind == "state" else errors.PysendmailError(text)
+        return failure
 
     def due(self, now: float) -> list[str]:
         """The ids of the queued messages with a recipient due at ``now``, oldest first.
@@ -863,6 +1006,8 @@ def run_queue_main(
         logger=logger,
         queue=queue,
         debug_output=io.stderr if verbose > 1 else None,
+        # One run of a command of its own: its connections may be processes.
+        processes=not watch,
     )
     if watch:
         return _watch_main(runner, io)
