@@ -7,7 +7,9 @@ delivering the same 5,000 messages from its own queue to the same sink, in the s
 run, alternating. Rate = messages / wall time. The sink's counter and the emptied
 queues are checked after every run, so a run that exits 0 without delivering fails.
 
-The queue is made through the real intake: a child process calls ``sendmail -f
+What runs: by default the ``pysendmail`` of a normal install of HEAD (the one
+``bench_startup`` builds in ``bench/.work/install``); ``--pysendmail PATH`` for
+another. The queue is made through the real intake: a child process calls ``sendmail -f
 SENDER -t -i`` (``pysendmail.cli.main``, the entry point of the ``sendmail`` script,
 in one process to spare 5,000 interpreter starts) in queue mode 5,000 times, so
 every queue file is what ``sendmail`` writes (prelude, Received, Message-ID, CRLF),
@@ -49,7 +51,6 @@ from harness import (
     Sink,
     Summary,
     measure,
-    python_cmd,
     summarize,
 )
 from tools import Tools
@@ -76,8 +77,10 @@ class Series:
 
 
 def default_pysendmail() -> Path:
-    """The ``pysendmail`` script installed beside the interpreter running the benchmark."""
-    return Path(sys.executable).parent / "pysendmail"
+    """The ``pysendmail`` of a normal install of HEAD (``bench_startup.normal_install``)."""
+    from bench_startup import normal_install
+
+    return normal_install().parent / "pysendmail"
 
 
 def write_config(path: Path, spool: Path, port: int, connections: int | None) -> None:
@@ -157,7 +160,7 @@ def fill(pysendmail: Path, config: Path, nullmailer_dir: Path, count: int) -> No
     del m
     nullmailer_dir.mkdir(parents=True, exist_ok=True)
     m = measure(
-        python_cmd(HERE, "fill", str(config), str(count), str(nullmailer_dir)),
+        (shebang(pysendmail), HERE, "fill", str(config), str(count), str(nullmailer_dir)),
         timeout_s=600,
         env=clean_env(),
     ).check()

@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pysendmail",
         type=Path,
-        help="the pysendmail command to measure (default: the one beside this Python)",
+        help="the pysendmail command to measure (default: a normal install of HEAD)",
     )
     parser.add_argument("--count", type=int, help="messages to drain (drain; default 5,000)")
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
