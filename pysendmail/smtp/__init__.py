@@ -12,7 +12,8 @@ The pieces: ``client`` (the blocking ``SMTP`` class), ``protocol`` (the
 sans-I/O session core it drives), ``reply`` (``Response`` and its bounded
 parser), ``address`` (envelope addresses with ESMTP parameters), ``encoder``
 (CRLF normalisation and dot-stuffing, streamed), ``auth`` (SASL mechanisms).
-Every SMTP error class of ``pysendmail.errors`` is re-exported here.
+Every SMTP error class of ``pysendmail.errors`` is re-exported here, and
+``SMTPResetError`` (``client``) beside them.
 
 This package imports nothing from the rest of the project but ``errors``, and
 it must stay that way: it is a library of its own. The names are loaded on
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
         error_for_reply,
     )
     from pysendmail.smtp.address import Address
-    from pysendmail.smtp.client import SMTP, MessageWriter, SendResult
+    from pysendmail.smtp.client import SMTP, MessageWriter, SendResult, SMTPResetError
     from pysendmail.smtp.protocol import ClientProtocol, LocalProtocolError
     from pysendmail.smtp.reply import Capabilities, Response, SMTPProtocolError
 
@@ -79,6 +80,7 @@ _HOMES: dict[str, str] = {
     "SMTP": "pysendmail.smtp.client",
     "MessageWriter": "pysendmail.smtp.client",
     "SendResult": "pysendmail.smtp.client",
+    "SMTPResetError": "pysendmail.smtp.client",
     "ClientProtocol": "pysendmail.smtp.protocol",
     "LocalProtocolError": "pysendmail.smtp.protocol",
     "Capabilities": "pysendmail.smtp.reply",
@@ -103,6 +105,7 @@ __all__ = [
     "SMTPProtocolError",
     "SMTPReadTimeout",
     "SMTPRecipientsRefused",
+    "SMTPResetError",
     "SMTPSecurityError",
     "SMTPServerBusy",
     "SMTPServerDisconnected",

@@ -27,6 +27,14 @@ What it adds to the protocol object:
   round trip. When no recipient is accepted no message byte is sent, and the
   transaction is reset before the error is raised. The body is streamed in
   64 KiB writes from whatever the caller gave; nothing is read whole.
+* Reuse: ``send_message(..., reset=True)`` starts with RSET, for a session
+  that carries one message after another (a queue runner). With PIPELINING
+  the RSET goes in the same write as MAIL, RCPT and DATA (RFC 2920 section
+  3.1), so reuse costs no round trip of its own; without, it is one more
+  round trip. Its reply is judged before any other: when RSET is refused or
+  goes unanswered the session is closed, no byte of the message is sent
+  (any 354 in the same batch is never answered), and ``SMTPResetError``
+  says that a new session may carry the message.
 
 SECURITY and failure rules this module must keep:
 
@@ -62,6 +70,7 @@ from pysendmail.errors import (
     SMTPSecurityError,
     SMTPServerDisconnected,
     SMTPUnsupportedCommand,
+    err_text,
     error_for_reply,
 )
 from pysendmail.smtp.address import Address, check_argument, coerce
@@ -95,7 +104,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from contextlib import AbstractContextManager
     from types import TracebackType
-    from typing import IO, Any, Literal, Protocol, Self, TypeAlias, TypeVar
+    from typing import IO, Any, Literal, NoReturn, Protocol, Self, TypeAlias, TypeVar
 
     from pysendmail.smtp.encoder import MessageInput
     from pysendmail.smtp.protocol import Command
@@ -142,13 +151,33 @@ if TYPE_CHECKING:
 
 
 # StartTLSMode is a name for type checkers only (it needs typing.Literal).
-__all__ = ["SMTP", "MessageWriter", "SendResult"]
+__all__ = ["SMTP", "MessageWriter", "SMTPResetError", "SendResult"]
 
 #: A hostile server could send 334 for ever; no real mechanism needs more.
 MAX_AUTH_CHALLENGES = 8
 
 _QUIT_STATES = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
 _TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
+#: RSET has no argument: one object serves every reset.
+_RSET = Rset()
+
+
+class SMTPResetError(SMTPServerDisconnected):
+    """The session could not be reset for the next message; it is closed, nothing was sent.
+
+    Raised by ``send_message(..., reset=True)`` (and ``open_message_stream``)
+    when RSET was refused, went unanswered (the connection ended or timed
+    out, or the server said 421), or the session was over already; and by
+    ``rset()`` when RSET was refused. ``response`` is the reply to RSET when
+    there was one. The connection is closed without any message body being
+    ended, so the server delivered nothing of the message, and a new session
+    may carry it. It is temporary whatever the reply said: it is about the
+    session, not about the message.
+    """
+
+    @property
+    def temporary(self) -> bool:
+        return True
 
 
 class _StartDescriptor:
@@ -245,7 +274,7 @@ class _MessageStream:
     __slots__ = ("_args", "_smtp", "_writer")
 
     def __init__(
-        self, smtp: "SMTP", args: "tuple[str | Address, tuple[object, ...], bool | None]"
+        self, smtp: "SMTP", args: "tuple[str | Address, tuple[object, ...], bool | None, bool]"
     ) -> None:
         self._smtp = smtp
         self._args = args
@@ -253,10 +282,10 @@ class _MessageStream:
 
     def __enter__(self) -> MessageWriter:
         smtp = self._smtp
-        from_addr, to_addrs, eightbit = self._args
-        conn = smtp._live()
+        from_addr, to_addrs, eightbit, reset = self._args
+        conn = smtp._live_to_reset() if reset else smtp._live()
         refused = smtp._transaction(
-            conn, _address(from_addr), _recipients(to_addrs), None, bool(eightbit)
+            conn, _address(from_addr), _recipients(to_addrs), None, bool(eightbit), reset=reset
         )
         self._writer = MessageWriter(conn, refused)
         return self._writer
@@ -582,6 +611,15 @@ class SMTP:
         conn.live()
         return conn
 
+    def _live_to_reset(self) -> Connection:
+        """``_live()`` for a message that starts with RSET: a dead session cannot be reset."""
+        conn = self._conn
+        if conn is not None and (conn.dead is not None or conn.sock is None):
+            raise SMTPResetError(
+                f"cannot reset the SMTP session for the next message: {conn.dead or 'closed'}"
+            )
+        return self._live()
+
     def _getok(self, command: "Command") -> "Response":
         reply = self._live().exchange(command)
         if not reply.success:
@@ -737,8 +775,63 @@ class SMTP:
         return conn.send_body(source)
 
     def rset(self) -> "Response":
-        """RSET: abandon the mail transaction."""
-        return self._getok(Rset())
+        """RSET: abandon the mail transaction.
+
+        A refused RSET closes the session (SMTPResetError): a server that will
+        not forget a transaction cannot be trusted with the next one.
+        """
+        conn = self._live()
+        reply = conn.exchange(_RSET)
+        if not 200 <= reply.code < 300:
+            self._refused_reset(conn, reply)
+        return reply
+
+    @staticmethod
+    def _refused_reset(conn: Connection, reply: "Response") -> "NoReturn":
+        """Close the session after a refused RSET (the protocol has closed it) and say so."""
+        conn.kill(conn.proto.closed_reason or f"RSET was refused ({reply})")
+        raise SMTPResetError(
+            f"the server refused RSET ({err_text(reply)}); the session is closed", reply
+        )
+
+    @classmethod
+    def _reset(cls, conn: Connection) -> None:
+        """RSET in its own round trip (no PIPELINING), before a message on a reused session."""
+        try:
+            reply = conn.exchange(_RSET)
+        except SMTPError as exc:
+            raise SMTPResetError(
+                f"RSET before the next message failed: {exc}", exc.response
+            ) from exc
+        if not 200 <= reply.code < 300:
+            cls._refused_reset(conn, reply)
+
+    @classmethod
+    def _reset_and_pipeline(
+        cls, conn: Connection, commands: "list[Command]", tracing: bool | None
+    ) -> "list[Response]":
+        """RSET and ``commands`` in one write; the replies to ``commands``, once RSET's is good.
+
+        Everything is checked before a byte is written, as for any pipeline
+        (a message over the SIZE limit raises its own error, and the session
+        stays as it was). The reply to RSET is read first: if it is not 2xx,
+        or does not come, the session is closed before any later reply is
+        looked at, so not even a 354 among them leads to a byte of the message.
+        """
+        if tracing is None:
+            tracing = conn.trace.on
+        commands = [_RSET, *commands]
+        wire = conn.send(*commands)
+        try:
+            conn.write_commands(commands, wire, tracing)
+            reply = conn.read_replies(1, tracing)[0]
+        except SMTPError as exc:
+            raise SMTPResetError(
+                f"RSET before the next message failed: {exc}", exc.response
+            ) from exc
+        if not 200 <= reply.code < 300:
+            cls._refused_reset(conn, reply)
+        return conn.read_replies(len(commands) - 1, tracing)
 
     def noop(self) -> "Response":
         """NOOP: checks that the server is there."""
@@ -762,6 +855,7 @@ class SMTP:
         from_addr: "str | Address",
         *to_addrs: "str | Address | Iterable[str | Address]",
         eightbit: bool | None = None,
+        reset: bool = False,
     ) -> SendResult:
         """Send one message to the recipients, streamed; see ``SendResult``.
 
@@ -769,8 +863,13 @@ class SMTP:
         ``eightbit`` declares an 8-bit body whose content is not known in
         advance (BODY=8BITMIME). Raises SMTPRecipientsRefused, sending no
         message data, when no recipient is accepted.
+
+        ``reset``: start with RSET, for a session reused for one message after
+        another; with PIPELINING it costs no round trip of its own (see the
+        module docstring). SMTPResetError when the session could not be reset:
+        it is then closed and nothing of the message was sent.
         """
-        conn = self._live()
+        conn = self._live_to_reset() if reset else self._live()
         if type(msg) is str:
             msg = encode_text(msg)
         if type(msg) is bytes and len(msg) <= DEFAULT_CHUNK_SIZE:
@@ -791,13 +890,15 @@ class SMTP:
             if len(to_addrs) == 1 and type(to_addrs[0]) is str:
                 recipient = _ADDRESS_CACHE.get(to_addrs[0])
             recipients = _recipients(to_addrs) if recipient is None else [recipient]
-            refused = self._transaction(conn, sender, recipients, len(body), eightbit, tracing)
+            refused = self._transaction(
+                conn, sender, recipients, len(body), eightbit, tracing, reset=reset
+            )
             return SendResult(conn.send_whole_body(body, normalised=True, tracing=tracing), refused)
         source = MessageSource.of(msg)
         if eightbit is None:
             eightbit = bool(source.eightbit)
         refused = self._transaction(
-            conn, _address(from_addr), _recipients(to_addrs), source.size, eightbit
+            conn, _address(from_addr), _recipients(to_addrs), source.size, eightbit, reset=reset
         )
         return SendResult(conn.send_body(source), refused)
 
@@ -809,14 +910,16 @@ class SMTP:
         from_addr: "str | Address",
         *to_addrs: "str | Address | Iterable[str | Address]",
         eightbit: bool | None = None,
+        reset: bool = False,
     ) -> "AbstractContextManager[MessageWriter]":
         """A writer for one message of unknown length: the message ends when the block ends.
 
         ``with smtp.open_message_stream(frm, to) as f: f.write(...)``; after the
         block, ``f.result`` holds the final reply and the refused recipients.
         If the block raises, the connection is dropped and nothing is delivered.
+        ``reset`` as for ``send_message``.
         """
-        return _MessageStream(self, (from_addr, to_addrs, eightbit))
+        return _MessageStream(self, (from_addr, to_addrs, eightbit, reset))
 
     ready = open_message_stream
 
@@ -828,11 +931,14 @@ class SMTP:
         size: int | None,
         eightbit: bool,
         tracing: bool | None = None,
+        *,
+        reset: bool = False,
     ) -> "dict[str, Response]":
-        """MAIL, RCPT for each recipient, DATA; returns the refused ones once 354 arrived.
+        """[RSET,] MAIL, RCPT for each recipient, DATA; returns the refused ones once 354 arrived.
 
         On any refusal that ends the transaction, it is cleaned up (the empty
-        body ended after a stray 354, RSET) before the error is raised.
+        body ended after a stray 354, RSET) before the error is raised. A
+        failed ``reset`` raises SMTPResetError before MAIL's reply is looked at.
         """
         proto = conn.proto
         smtputf8 = False
@@ -847,12 +953,17 @@ class SMTP:
             # All checked before any is queued, and sent in one write.
             rcpts.insert(0, mail)
             rcpts.append(DATA)
-            replies = conn.pipeline(rcpts, tracing)
+            if reset:
+                replies = self._reset_and_pipeline(conn, rcpts, tracing)
+            else:
+                replies = conn.pipeline(rcpts, tracing)
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
         else:
             # Every command is checked before the first one is sent.
             for command in (mail, *rcpts):
                 proto.encode(command)
+            if reset:
+                self._reset(conn)
             mail_reply = conn.exchange(mail)
             if not mail_reply.success:
                 raise error_for_reply(mail_reply)
@@ -886,6 +997,9 @@ class SMTP:
                 conn.write(end, (end.decode("ascii"),))
                 conn.read_reply()
             if conn.proto.state in (MAIL, RCPT):
-                conn.exchange(Rset())
+                reply = conn.exchange(_RSET)
+                if not 200 <= reply.code < 300:
+                    # Closed by the protocol; the next command says so.
+                    conn.kill(conn.proto.closed_reason)
         except SMTPError:
             pass  # a dead session says so on the next command

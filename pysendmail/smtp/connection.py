@@ -499,6 +499,13 @@ class Connection:
         poller.register(sock, events)
         return poller
 
+    def read_replies(self, count: int, tracing: bool | None = None) -> "list[Response]":
+        """The replies to the next ``count`` commands awaited, each as ``read_reply`` reads it.
+
+        ``tracing``: see ``pipeline``.
+        """
+        return self._read_replies(count, self.trace.on if tracing is None else tracing)
+
     def read_reply(
         self,
         *,
@@ -542,6 +549,14 @@ class Connection:
             replies.append(reply)
             if len(replies) == count:
                 return replies
+            if proto.state is CLOSED:
+                # The reply closed the session (a refused RSET) with commands
+                # still unanswered: their replies no longer count.
+                reason = proto.closed_reason
+                self.kill(reason)
+                raise SMTPServerDisconnected(
+                    f"the SMTP session with {self.where} is over: {reason}"
+                )
             deadline = None
 
     def _receive(
@@ -630,6 +645,15 @@ class Connection:
         wire = self._send(commands)
         if tracing is None:
             tracing = self.trace.on
+        self.write_commands(commands, wire, tracing)
+        return self._read_replies(len(commands), tracing)
+
+    def write_commands(self, commands: "Sequence[Command]", wire: bytes, tracing: bool) -> None:
+        """Write ``wire``, the bytes ``send(*commands)`` returned, in one write.
+
+        For a caller that reads the replies itself (``read_replies``), such as
+        one that must judge the first reply before the others.
+        """
         if tracing:
             # Each command's own line, for the trace (AUTH never comes here).
             lines = wire.split(b"\r\n")
@@ -637,9 +661,9 @@ class Connection:
             self.write(wire, traces)
         else:
             sock = self._sock
-            assert sock is not None  # _send checked
+            if sock is None or self.dead is not None:
+                raise SMTPServerDisconnected(f"the SMTP session is over: {self.dead or 'closed'}")
             self._write(sock, wire)
-        return self._read_replies(len(commands), tracing)
 
     # ------------------------------------------------------------------ message bodies
 

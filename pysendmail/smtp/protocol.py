@@ -25,8 +25,17 @@ What it decides, so that no driver can get it wrong:
   commands may be sent before the replies to earlier ones arrive; the state
   then runs ahead on the assumption that they succeed, and falls back when a
   reply says otherwise.
-* 421 from the server, a QUIT, the end of the connection or a malformed reply
-  close the session: every later ``send`` raises ``SMTPServerDisconnected``.
+* 421 from the server, a QUIT, a refused RSET, the end of the connection or a
+  malformed reply close the session: every later ``send`` raises
+  ``SMTPServerDisconnected``. A refused RSET closes it because nothing the
+  client could do next is safe. RSET is how a client that reuses a session
+  (a queue runner, between messages) forgets the last transaction, and with
+  PIPELINING it goes in one write with the next MAIL, RCPT and DATA
+  (RFC 2920 section 3.1 allows it). If the server refused it, the replies
+  that follow describe a transaction whose start nobody knows, and a 354
+  among them must not open a body. Postfix does not reuse such a session
+  either; the driver closes the connection without ending any body, so the
+  server delivers nothing from it.
 
 Errors are split as h11 splits them: ``LocalProtocolError`` when the caller
 broke the protocol, ``SMTPProtocolError`` (from ``reply``) when the server did.
@@ -101,7 +110,7 @@ class State:
     BODY: "ClassVar[State]"  # 354 received: the message content goes out now
     AUTH: "ClassVar[State]"  # 334 received: an AUTH response line is due
     TLS: "ClassVar[State]"  # 220 to STARTTLS: the TLS handshake must start now
-    CLOSED: "ClassVar[State]"  # QUIT, 421, end of connection or a protocol error
+    CLOSED: "ClassVar[State]"  # QUIT, 421, refused RSET, end of connection, protocol error
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -343,8 +352,9 @@ _ANY = range(1000)
 # The one transition table of the session. For each command: the replies
 # that count as its success, the state after one of them, and the state after
 # any other reply (None: the state stays as it was). Two rules stand above the
-# table (``_advance``): a 421 closes the session after any command, and RSET
-# before EHLO leaves the server still waiting for EHLO. Data, not functions:
+# table (``_advance``): a 421 closes the session after any command, and an
+# accepted RSET before EHLO leaves the server still waiting for EHLO. Data,
+# not functions:
 # looking a transition up costs no call, on the path of every reply.
 _TRANSITIONS: "dict[type[Command], tuple[range | tuple[int, ...], State | None, State | None]]" = {
     # A 554 greeting still leaves the server waiting for QUIT.
@@ -361,7 +371,8 @@ _TRANSITIONS: "dict[type[Command], tuple[range | tuple[int, ...], State | None, 
     # the caller must then end an empty body at once (RFC 2920).
     Data: ((354,), BODY, None),
     _EndOfData: (_ANY, READY, None),
-    Rset: (_2XX, READY, None),
+    # A refused RSET ends the session: see the module docstring.
+    Rset: (_2XX, READY, CLOSED),
     Noop: (_ANY, None, None),
     Quit: (_ANY, CLOSED, None),
 }
@@ -373,7 +384,7 @@ def _advance(state: State, kind: "type[Command]", code: int | None) -> State:
         return CLOSED
     success, on_success, on_failure = _TRANSITIONS[kind]
     after = on_success if code is None or code in success else on_failure
-    if after is None or (kind is Rset and state is CONNECTED):
+    if after is None or (after is READY and kind is Rset and state is CONNECTED):
         return state
     return after
 
@@ -474,6 +485,13 @@ class ClientProtocol:
         return list(self.capabilities.get("AUTH", ()))
 
     @property
+    def closed_reason(self) -> str:
+        """Why the session is closed ("" while it is open)."""
+        if self.state is not CLOSED:
+            return ""
+        return self._closed_reason or "the session is closed"
+
+    @property
     def body_octets(self) -> int:
         """Octets of the current or last message body, normalised, before dot-stuffing."""
         return self._body_octets
@@ -521,11 +539,14 @@ class ClientProtocol:
             state = CLOSED
         else:
             state = (on_success if ok else on_failure) or before
-            if kind is Rset and before is CONNECTED:
+            if kind is Rset and before is CONNECTED and ok:
                 state = before
         self.state = state
         if state is CLOSED:
-            self._closed_reason = f"the server said: {reply}"
+            if kind is Rset and code != 421:
+                self._closed_reason = f"RSET was refused ({reply}); the session cannot be reused"
+            else:
+                self._closed_reason = f"the server said: {reply}"
             pending.clear()
             self._projected = CLOSED
             return reply

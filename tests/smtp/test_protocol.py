@@ -511,3 +511,64 @@ def test_send_many_needs_pipelining() -> None:
     with pytest.raises(LocalProtocolError, match="PIPELINING"):
         proto.send_many([Mail(Address("a@b.test")), Rcpt(Address("c@d.test"))])
     assert proto.pending == 0
+
+
+# --------------------------------------------------------------------------- RSET on reuse
+
+
+def test_rset_may_lead_a_pipelined_transaction() -> None:
+    proto = ready()
+    wire = proto.send_many([Rset(), Mail(Address("a@b.test")), Rcpt(Address("c@d.test")), Data()])
+    assert wire == b"RSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+    assert proto.pending == 4
+    proto.receive_data(b"250 2.0.0 Ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    assert [proto.next_reply().code for _ in range(4)] == [250, 250, 250, 354]  # type: ignore[union-attr]
+    assert state(proto) is State.BODY
+
+
+@pytest.mark.parametrize("refusal", [b"451 4.3.0 not now\r\n", b"554 5.5.1 no\r\n"])
+def test_a_refused_rset_closes_the_session_and_forgets_the_batch(refusal: bytes) -> None:
+    proto = ready()
+    proto.send_many([Rset(), Mail(Address("a@b.test")), Rcpt(Address("c@d.test")), Data()])
+    # The server refused RSET and went on: its 354 must not open a body.
+    proto.receive_data(refusal + b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert proto.next_reply().code == int(refusal[:3])  # type: ignore[union-attr]
+    assert state(proto) is State.CLOSED
+    assert proto.pending == 0
+    assert "RSET was refused" in proto.closed_reason
+    with pytest.raises(LocalProtocolError, match="no reply is due"):
+        proto.next_reply()
+    with pytest.raises(SMTPServerDisconnected, match="RSET was refused"):
+        proto.send(Mail(Address("a@b.test")))
+    with pytest.raises(SMTPServerDisconnected):
+        proto.send_body(b"x")
+
+
+def test_a_refused_rset_on_its_own_closes_the_session() -> None:
+    proto = ready()
+    proto.send(Rset())
+    assert reply(proto, b"502 5.5.2 not implemented\r\n").code == 502
+    assert state(proto) is State.CLOSED
+    with pytest.raises(SMTPServerDisconnected):
+        proto.send(Noop())
+
+
+def test_a_refused_rset_before_hello_closes_the_session_too() -> None:
+    proto = ClientProtocol()
+    reply(proto, b"220 hi\r\n")
+    proto.send(Rset())
+    reply(proto, b"500 what\r\n")
+    assert state(proto) is State.CLOSED
+
+
+def test_421_to_rset_says_what_the_server_said() -> None:
+    proto = ready()
+    proto.send_many([Rset(), Mail(Address("a@b.test"))])
+    proto.receive_data(b"421 4.3.2 shutting down\r\n")
+    assert proto.next_reply().code == 421  # type: ignore[union-attr]
+    assert state(proto) is State.CLOSED and proto.pending == 0
+    assert proto.closed_reason.startswith("the server said: 421")
+
+
+def test_closed_reason_is_empty_while_open() -> None:
+    assert ready().closed_reason == ""
