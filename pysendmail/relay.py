@@ -14,7 +14,14 @@ message was not handed over, so nothing can be duplicated).
 
 Sessions are reused: ``Relay`` keeps one open session per route and sends
 ``RSET`` between messages, so draining a queue costs one connection per route,
-not one per message.
+not one per message. The RSET goes in the same write as the next MAIL, RCPT
+and DATA when the server offers PIPELINING (``send_message(..., reset=True)``),
+so a reused session costs two round trips per message, not three. When the
+RSET is refused or unanswered (the server dropped an idle connection, timed
+out, said 421), the session core closes the session before any byte of the
+message is sent (``SMTPResetError``), and the message goes over a fresh
+session to the same relay, as if none had been cached. As Postfix does, a
+session whose RSET failed is never used again.
 
 SECURITY: the relay password is fetched only when a session actually
 authenticates, and never logged; the session core redacts AUTH in its trace.
@@ -24,7 +31,7 @@ import time
 
 from pysendmail import errors
 from pysendmail.smtp.address import Address
-from pysendmail.smtp.client import SMTP
+from pysendmail.smtp.client import SMTP, SMTPResetError
 
 # Direct mode imports this module on every message: no typing, collections or
 # __future__ at run time (see DESIGN.md, Performance), hence quoted annotations.
@@ -196,22 +203,6 @@ class Relay:
         smtp.start(helo=relay.helo or self.helo, user=user, secret=secret, authtype=authtype)
         return smtp
 
-    def _session(self, relay: "RelayConfig") -> SMTP:
-        key = id(relay)
-        smtp = self._sessions.get(key)
-        if smtp is not None:
-            # RSET between messages, as Postfix does when it reuses a cached
-            # connection: it resets whatever a refused transaction left, and
-            # proves the connection still lives before anything is sent.
-            try:
-                smtp.rset()
-                return smtp
-            except errors.SMTPError:
-                self._drop(key)
-        smtp = self._open(relay)
-        self._sessions[key] = smtp
-        return smtp
-
     def _drop(self, key: int) -> None:
         smtp = self._sessions.pop(key, None)
         if smtp is not None:
@@ -253,37 +244,64 @@ class Relay:
             return report
         last_exc: errors.SMTPError | None = None
         for relay in routes:
+            key = id(relay)
             report.relay = _describe(relay)
+            smtp = self._sessions.get(key)
+            if smtp is not None:
+                # A cached session: RSET first, as Postfix does when it reuses
+                # a connection (it forgets whatever a refused transaction left).
+                report.relay = _describe(relay, smtp)
+                report.opened = True
+                message.seek(start)
+                try:
+                    self._transaction(smtp, envelope, by_address, wanted, message, report, True)
+                except SMTPResetError:
+                    # Closed before any byte of the message was sent: nothing can
+                    # be duplicated, so a fresh session carries it.
+                    self._drop(key)
+                    report.opened = False
+                except errors.SMTPError as exc:
+                    self._failed(key, exc, report, wanted)
+                    return report
+                else:
+                    return report
+                report.relay = _describe(relay)
             try:
-                smtp = self._session(relay)
+                smtp = self._open(relay)
             except errors.SMTPError as exc:
                 last_exc = exc
                 if isinstance(exc, _FAILOVER):
                     continue
                 break
+            self._sessions[key] = smtp
             report.relay = _describe(relay, smtp)
             report.opened = True
             message.seek(start)
-            key = id(relay)
             try:
-                self._transaction(smtp, envelope, by_address, wanted, message, report)
+                self._transaction(smtp, envelope, by_address, wanted, message, report, False)
             except errors.SMTPError as exc:
-                # Never fail over once MAIL went out: the first relay may already
-                # hold the message, and a second copy is worse than a retry.
-                # An ordinary refusal leaves the session usable (RSET comes
-                # next); a lost, timed-out or closing (421) session does not.
-                if exc.response is None or exc.code == 421:
-                    self._drop(key)
-                report.error = exc
-                if not report.recipients:
-                    text = reply_text(exc.response) or str(exc)
-                    report.recipients = [RecipientResult(a, _verdict(exc), text) for a in wanted]
+                self._failed(key, exc, report, wanted)
             return report
         report.error = last_exc
         verdict = DEFERRED if last_exc is None else _verdict(last_exc)
         text = str(last_exc) if last_exc is not None else "no relay could be reached"
         report.recipients = [RecipientResult(a, verdict, text) for a in wanted]
         return report
+
+    def _failed(
+        self, key: int, exc: errors.SMTPError, report: DeliveryReport, wanted: list[str]
+    ) -> None:
+        """Judge an attempt that ended in ``exc`` once the transaction had started."""
+        # Never fail over once MAIL went out: the first relay may already hold
+        # the message, and a second copy is worse than a retry. An ordinary
+        # refusal leaves the session usable (RSET comes before the next
+        # message); a lost, timed-out or closing (421) session does not.
+        if exc.response is None or exc.code == 421:
+            self._drop(key)
+        report.error = exc
+        if not report.recipients:
+            text = reply_text(exc.response) or str(exc)
+            report.recipients = [RecipientResult(a, _verdict(exc), text) for a in wanted]
 
     def _transaction(
         self,
@@ -293,6 +311,7 @@ class Relay:
         wanted: list[str],
         message: "IO[bytes]",
         report: DeliveryReport,
+        reset: bool,
     ) -> None:
         mail_params: dict[str, str | None] = {}
         if envelope.dsn_ret:
@@ -312,7 +331,7 @@ class Relay:
             rcpts.append(Address(addr, **params))
         eightbit = True if envelope.body_type == "8BITMIME" else None
         try:
-            result = smtp.send_message(message, sender, rcpts, eightbit=eightbit)
+            result = smtp.send_message(message, sender, rcpts, eightbit=eightbit, reset=reset)
         except errors.SMTPRecipientsRefused as exc:
             for addr in wanted:
                 resp = exc.refused.get(addr)

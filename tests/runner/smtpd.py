@@ -12,7 +12,9 @@ misbehave at one stage of the session:
 
 ``rcpt_replies`` answers chosen recipients with chosen replies (mixed
 250/450/550 in one transaction); ``data_delay`` makes every accepted message
-take a while, so that parallel connections really overlap.
+take a while, so that parallel connections really overlap; ``pipelining``
+announces PIPELINING in the EHLO reply (aiosmtpd reads pipelined commands
+either way; without it the client sends one command per round trip).
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ class Received:
 class _Handler:
     def __init__(self, server: RecordingServer) -> None:
         self.server = server
+
+    async def handle_EHLO(
+        self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.server.pipelining:
+            return responses
+        # "250-mx.test" first, then PIPELINING among the rest, the last with "250 ".
+        lines = [responses[0][4:], "PIPELINING", *(r[4:] for r in responses[1:])]
+        return [f"250{'-' if i < len(lines) - 1 else ' '}{line}" for i, line in enumerate(lines)]
 
     async def handle_RCPT(
         self,
@@ -215,6 +227,7 @@ class RecordingServer:
         self.active = 0  # connections open now
         self.most_active = 0  # the most connections that were open at once
         self.data_delay = 0.0  # seconds to think before answering the end of DATA
+        self.pipelining = False  # announce PIPELINING
         self.lock = threading.Lock()
         self.transports: list[asyncio.BaseTransport] = []
         self.loop = asyncio.new_event_loop()
