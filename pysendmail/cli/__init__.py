@@ -19,7 +19,7 @@ from pysendmail import errors
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import BinaryIO, TextIO
+    from typing import BinaryIO, NoReturn, TextIO
 
 
 class Streams:
@@ -140,8 +140,67 @@ def os_error_text(exc: OSError) -> str:
     return what
 
 
+def script(prog: "str | None" = None) -> "NoReturn":
+    """What the installed ``sendmail``, ``mailq`` and ``newaliases`` scripts run.
+
+    ``prog`` replaces argv[0] (``mailq`` is ``sendmail -bp`` under its own name);
+    None keeps it, so a ``sendmail`` reached through a symlink names itself as
+    called. The scripts are ours (``scripts/`` in the source tree), not pip's
+    console-script wrappers, which import ``re`` on every start; see exit_now.
+    """
+    argv = sys.argv if prog is None else [prog, *sys.argv[1:]]
+    name = os.path.basename(argv[0]) if argv and argv[0] else "sendmail"
+    exit_now(main(argv), name)
+
+
+def exit_now(status: int, prog: str = "sendmail") -> "NoReturn":
+    """Flush stdout and stderr, then end the process with ``status``, skipping teardown when safe.
+
+    The interpreter's teardown (freeing every module, a last garbage collection)
+    costs sendmail about a fifth of its run and does nothing for it: by now the
+    message is committed and fsynced, or refused with its one line written. So
+    the process ends with ``os._exit`` unless something could still be owed
+    work at exit: an ``atexit`` callback (coverage, multiprocessing, logging),
+    or any thread (``threading`` loaded: ``sendmail -q`` and direct mode may
+    run workers). Then it exits the ordinary way. A stdout that cannot take the
+    last of its output (a closed pipe) turns a 0 into 74 with one line, as any
+    other failed write does, instead of the interpreter's warning at teardown.
+    """
+    import atexit
+
+    out = sys.stdout
+    if out is not None:
+        try:
+            out.flush()
+        except (OSError, ValueError) as exc:
+            if status == 0:
+                status = errors.EX_IOERR
+                text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+                _say(sys.stderr, f"{prog}: standard output: {_one_line(text)}")
+            _drop_output(out)
+    err = sys.stderr
+    if err is not None:
+        try:
+            err.flush()
+        except (OSError, ValueError):
+            _drop_output(err)
+    if "threading" not in sys.modules and atexit._ncallbacks() == 0:
+        os._exit(status)
+    sys.exit(status)
+
+
+def _drop_output(stream: "TextIO") -> None:
+    """Point ``stream`` at /dev/null so that teardown does not retry a write that failed."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
 def sendmail_main() -> int:
-    """Console entry point ``sendmail``."""
+    """Console entry point ``sendmail`` (kept for ``python -m`` and embedders; see script)."""
     return main(sys.argv)
 
 
