@@ -27,11 +27,13 @@ SECURITY: the relay password is fetched only when a session actually
 authenticates, and never logged; the session core redacts AUTH in its trace.
 """
 
+import io
 import time
 
 from pysendmail import errors
 from pysendmail.smtp.address import Address
 from pysendmail.smtp.client import SMTP, SMTPResetError
+from pysendmail.smtp.encoder import DEFAULT_CHUNK_SIZE
 
 # Direct mode imports this module on every message: no typing, collections or
 # __future__ at run time (see DESIGN.md, Performance), hence quoted annotations.
@@ -129,6 +131,23 @@ def routes_for(sender: str, relays: "Sequence[RelayConfig]") -> "list[RelayConfi
     if matching:
         return matching
     return [r for r in relays if not r.senders]
+
+
+def _in_memory(message: "IO[bytes]") -> "bytes | IO[bytes]":
+    """The rest of ``message`` as bytes when it is already in memory and small, else ``message``.
+
+    The queue hands over a claimed small message as ``io.BytesIO``; given as
+    bytes, the session core sends it on its fast path (normalised and
+    dot-stuffed in a few calls over the whole) instead of the streaming one.
+    ``getvalue`` of a ``BytesIO`` made from bytes returns those bytes, uncopied.
+    """
+    if type(message) is not io.BytesIO:
+        return message
+    start = message.tell()
+    whole = message.getvalue()
+    if len(whole) - start > DEFAULT_CHUNK_SIZE:
+        return message
+    return whole[start:] if start else whole
 
 
 def _describe(relay: "RelayConfig", smtp: SMTP | None = None) -> str:
@@ -313,25 +332,30 @@ class Relay:
         report: DeliveryReport,
         reset: bool,
     ) -> None:
-        mail_params: dict[str, str | None] = {}
-        if envelope.dsn_ret:
-            mail_params["RET"] = envelope.dsn_ret
-        if envelope.dsn_envid:
-            mail_params["ENVID"] = envelope.dsn_envid
-        sender = Address(envelope.sender, **mail_params)
-        rcpts: list[Address] = []
+        # Addresses without ESMTP parameters (the usual case) go as str: the
+        # session core keeps the ones it has parsed, and the queue repeats them.
+        sender: str | Address = envelope.sender
+        if envelope.dsn_ret or envelope.dsn_envid:
+            mail_params: dict[str, str | None] = {}
+            if envelope.dsn_ret:
+                mail_params["RET"] = envelope.dsn_ret
+            if envelope.dsn_envid:
+                mail_params["ENVID"] = envelope.dsn_envid
+            sender = Address(envelope.sender, **mail_params)
+        rcpts: list[str | Address] = []
         for addr in wanted:
             rcpt = by_address.get(addr)
             notify = rcpt.notify if rcpt is not None else None
+            if not notify:
+                rcpts.append(addr)
+                continue
             original = (rcpt.original if rcpt is not None else None) or addr
-            params: dict[str, str | None] = {}
-            if notify:
-                params["NOTIFY"] = notify
-                params["ORCPT"] = "rfc822;" + original
-            rcpts.append(Address(addr, **params))
+            rcpts.append(Address(addr, NOTIFY=notify, ORCPT="rfc822;" + original))
         eightbit = True if envelope.body_type == "8BITMIME" else None
         try:
-            result = smtp.send_message(message, sender, rcpts, eightbit=eightbit, reset=reset)
+            result = smtp.send_message(
+                _in_memory(message), sender, *rcpts, eightbit=eightbit, reset=reset
+            )
         except errors.SMTPRecipientsRefused as exc:
             for addr in wanted:
                 resp = exc.refused.get(addr)
