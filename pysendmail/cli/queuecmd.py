@@ -1,27 +1,15 @@
-"""The queue side of the commands: queue-mode submission, ``mailq``, and the admin tools.
+"""The queue side of the commands: ``mailq``, ``sendmail -q`` and the admin tools.
 
-``submit`` is what ``sendmail`` does in queue mode: the intake writes the
-message straight into a queue file (``Queue.begin``), which is committed
-(fsync, link into place, fsync the folder) before the command exits 0. A
-user who does not own the queue writes into the maildrop instead, and the
-runner picks the file up. The other functions are ``mailq`` / ``sendmail
--bp`` / ``pysendmail queue list [--json]``, ``pysendmail queue show ID`` and
-``pysendmail queue flush|delete|hold|release|requeue ID...``.
+``submit``, what ``sendmail`` does in queue mode, lives in ``cli.sendmail``
+(a queue-mode run must not load this module) and is re-exported here. The
+functions here are ``mailq`` / ``sendmail -bp`` / ``pysendmail queue list
+[--json]``, ``pysendmail queue show ID`` and ``pysendmail queue
+flush|delete|hold|release|requeue ID...``.
 
-Exit statuses: 0 queued; 73 no file could be created in ``tmp/`` or
-``maildrop/`` (the line says to run ``pysendmail queue init``); 74 an I/O
-error while writing or syncing; 75 the disk is full, or SIGTERM, SIGINT or
-SIGHUP arrived before the commit (the partial file is removed). For the
-tools: 77 for a user who may not read the queue, 64 for a word that is not a
+Exit statuses of the tools: 77 for a user who may not read the queue, 64 for a word that is not a
 queue id, and 66 (EX_NOINPUT: "an input file did not exist") for a queue id
 that names no message, as Postfix's ``postsuper`` says "no such queue id";
 with several ids, every id is tried and the first failure gives the status.
-
-What this module must never do: exit 0 before ``commit`` returned; leave a
-partial file behind when it does not exit 0; import anything beyond the
-hot-path modules (os, sys, the queue and the intake) before the mode is
-known to need it. Signal handling uses ``_signal``, the C module, because
-``import signal`` pulls in ``enum``.
 
 SECURITY: the listing prints only values that were checked when they were
 read (envelope addresses refuse control characters, state replies are
@@ -35,129 +23,21 @@ import time
 
 from pysendmail import errors
 
+# Queue-mode submission lives with the rest of sendmail's hot path (cli.sendmail),
+# so that a queue-mode run never loads this module; the name stays here too.
+from pysendmail.cli.sendmail import submit  # noqa: F401
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal as _signal
-    from types import FrameType
     from typing import Any, TextIO
 
     from pysendmail.cli import Streams
-    from pysendmail.cli.argv import Invocation
     from pysendmail.config import Settings
     from pysendmail.message.envelope import Envelope
-    from pysendmail.message.intake import IntakeOptions
-    from pysendmail.queue import Pending, Queue
-    from pysendmail.queue.state import RecipientState, State
-else:
-    import _signal
-
-_SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
-_HEADER_LIMIT = 65536
-
-
-# --------------------------------------------------------------------------- submit
-
-
-class _Interrupted(BaseException):
-    """A signal asked us to stop before the commit (a BaseException, like KeyboardInterrupt)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _SignalGuard:
-    """While the message is written, SIGTERM, SIGINT and SIGHUP abort it cleanly.
-
-    The handler raises ``_Interrupted`` so the ``with`` blocks unwind and the
-    temporary file is removed. Where raising could skip that clean-up (while
-    ``begin`` creates the file and until its ``with`` block owns it, and while
-    an abort is removing it) the signal is only noted and raised a moment
-    later. Once the commit has begun, a signal is noted and the commit
-    finishes: a message on its way to disk is worth keeping, and the exit
-    status then tells the truth (0, queued). A signal that the caller ignores
-    (``nohup``) stays ignored; the handlers in force before are restored on the
-    way out.
-    """
-
-    def __init__(self) -> None:
-        self.pending: Pending | None = None
-        self.previous: dict[int, Any] = {}
-        self.deferred: int | None = None
-        self.hold = False
-
-    def _handler(self, signum: int, frame: "FrameType | None") -> None:
-        if self.deferred is not None:
-            return  # already stopping: let the clean-up run
-        self.deferred = signum
-        p = self.pending
-        if self.hold or (p is not None and (p.committing or p.aborting)):
-            return
-        raise _Interrupted(signum)
-
-    def release(self) -> None:
-        """End a stretch where signals were only noted; raise for one that came meanwhile."""
-        self.hold = False
-        if self.deferred is not None:
-            raise _Interrupted(self.deferred)
-
-    def __enter__(self) -> "_SignalGuard":
-        for signum in _SIGNAL_NAMES:
-            try:
-                if _signal.getsignal(signum) == _signal.SIG_IGN:
-                    continue
-                self.previous[signum] = _signal.signal(signum, self._handler)
-            except ValueError:
-                break  # not the main thread: signals are not ours to handle
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            _signal.signal(signum, handler)
-        self.previous.clear()
-
-
-def submit(inv: "Invocation", io: "Streams", settings: "Settings", options: "IntakeOptions") -> int:
-    """Queue mode: take the message on stdin into the queue; 0 only once it is durable.
-
-    Raises a ``PysendmailError`` (one line, one status) when it is not queued.
-    """
-    from pysendmail.message import intake
     from pysendmail.queue import Queue
+    from pysendmail.queue.state import RecipientState, State
 
-    queue = Queue(settings.general.queue_dir)
-    if not options.queue_id:
-        options.queue_id = intake.make_queue_id()
-    guard = _SignalGuard()
-    try:
-        with guard:
-            guard.hold = True
-            pending = queue.begin(options.queue_id)
-            with pending:
-                guard.pending = pending
-                guard.release()
-                try:
-                    intake.receive(io.stdin, pending.file, options)
-                except errors.IOFailure as exc:
-                    raise _write_failure(exc, queue) from None
-                pending.commit()
-    except _Interrupted as exc:
-        name = _SIGNAL_NAMES.get(exc.signum, f"signal {exc.signum}")
-        raise errors.TemporaryFailure(
-            f"stopped by {name} while reading the message; nothing was queued"
-        ) from None
-    return 0
-
-
-def _write_failure(exc: errors.IOFailure, queue: "Queue") -> errors.PysendmailError:
-    # The intake reports a failed write as IOFailure; a full disk is worth
-    # retrying (75), a failing one is not (74). The OSError is its context.
-    cause = exc.__context__
-    if isinstance(cause, OSError) and cause.errno in (28, 122):  # ENOSPC, EDQUOT
-        return errors.TemporaryFailure(
-            f"{queue.root}: {cause.strerror}; nothing was queued, try again later"
-        )
-    return exc
+_HEADER_LIMIT = 65536
 
 
 def run_queue(settings: "Settings", io: "Streams", *, verbose: int = 0) -> int:

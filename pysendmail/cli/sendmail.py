@@ -8,8 +8,20 @@ verify (-bv): show how each recipient would be routed; send nothing.
 list-queue (-bp, mailq), run-queue (-q): the queue tools.
 smtp (-bs): an SMTP session on stdin/stdout feeding the same intake.
 
+Queue mode (``submit``): the intake writes the message straight into a queue
+file (``Queue.begin``), which is committed (fsync, link into place, fsync the
+folder) before the command exits 0. A user who does not own the queue writes
+into the maildrop instead, and the runner picks the file up. Exit statuses:
+0 queued; 73 no file could be created in ``tmp/`` or ``maildrop/`` (the line
+says to run ``pysendmail queue init``); 74 an I/O error while writing or
+syncing; 75 the disk is full, or SIGTERM, SIGINT or SIGHUP arrived before the
+commit (the partial file is removed). It must never exit 0 before ``commit``
+returned, nor leave a partial file behind when it does not exit 0.
+
 Hot path: queue mode must not import smtp, ssl, email, asyncio, logging or
-pydantic; each branch imports what it needs when it is taken.
+pydantic, nor ``cli.queuecmd`` (the listing tools); each branch imports what it
+needs when it is taken. Signal handling uses ``_signal``, the C module, because
+``import signal`` pulls in ``enum``.
 """
 
 import os
@@ -18,7 +30,9 @@ from pysendmail import errors
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    import signal as _signal
+    from types import FrameType
+    from typing import Any, BinaryIO
 
     from pysendmail.cli import Streams
     from pysendmail.cli.argv import Invocation
@@ -27,7 +41,11 @@ if TYPE_CHECKING:
     from pysendmail.message.aliases import Aliases
     from pysendmail.message.envelope import Envelope
     from pysendmail.message.intake import IntakeOptions
+    from pysendmail.queue import Pending, Queue
     from pysendmail.relay import DeliveryReport
+else:
+    # The C module: ``import signal`` would load enum on the hot path.
+    import _signal
 
 
 def run(inv: "Invocation", io: "Streams") -> int:
@@ -100,12 +118,15 @@ def load_aliases(settings: "Settings", environ: "dict[str, str]") -> "Aliases":
     from pysendmail.message.aliases import Aliases
 
     path = settings.general.aliases_file
-    raw = read_cache(snapshot_dirs(environ), _aliases_cache_name(path))
+    current = file_identity(path)
+    # No file (the usual case in containers): no compiled form can match, so
+    # the cache is not even opened.
+    raw = read_cache(snapshot_dirs(environ), _aliases_cache_name(path)) if current else None
     if raw is not None:
         try:
             # Safe: read_cache only returns files that root or we wrote.
             cached_path, identity, data = marshal.loads(raw)  # noqa: S302
-            if cached_path == path and identity == file_identity(path):
+            if cached_path == path and identity == current:
                 return Aliases.from_bytes(data)
         except (ValueError, TypeError, EOFError, errors.PysendmailError):
             pass
@@ -187,12 +208,117 @@ def submit_from(
             report = relay_within(inv, io, settings, envelope, spool)
             queue_deferred(settings, envelope, report, spool)
             return envelope, report
-    from pysendmail.cli import queuecmd
-
-    status = queuecmd.submit(inv, io, settings, options)
+    status = submit(inv, io, settings, options)
     if status != 0:
         raise errors.TemporaryFailure("the message could not be queued")
     return None, None
+
+
+# --------------------------------------------------------------------------- queue mode
+
+_SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
+
+
+class _Interrupted(BaseException):
+    """A signal asked us to stop before the commit (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _SignalGuard:
+    """While the message is written, SIGTERM, SIGINT and SIGHUP abort it cleanly.
+
+    The handler raises ``_Interrupted`` so the ``with`` blocks unwind and the
+    temporary file is removed. Where raising could skip that clean-up (while
+    ``begin`` creates the file and until its ``with`` block owns it, and while
+    an abort is removing it) the signal is only noted and raised a moment
+    later. Once the commit has begun, a signal is noted and the commit
+    finishes: a message on its way to disk is worth keeping, and the exit
+    status then tells the truth (0, queued). A signal that the caller ignores
+    (``nohup``) stays ignored; the handlers in force before are restored on the
+    way out.
+    """
+
+    def __init__(self) -> None:
+        self.pending: Pending | None = None
+        self.previous: dict[int, Any] = {}
+        self.deferred: int | None = None
+        self.hold = False
+
+    def _handler(self, signum: int, frame: "FrameType | None") -> None:
+        if self.deferred is not None:
+            return  # already stopping: let the clean-up run
+        self.deferred = signum
+        p = self.pending
+        if self.hold or (p is not None and (p.committing or p.aborting)):
+            return
+        raise _Interrupted(signum)
+
+    def release(self) -> None:
+        """End a stretch where signals were only noted; raise for one that came meanwhile."""
+        self.hold = False
+        if self.deferred is not None:
+            raise _Interrupted(self.deferred)
+
+    def __enter__(self) -> "_SignalGuard":
+        for signum in _SIGNAL_NAMES:
+            try:
+                if _signal.getsignal(signum) == _signal.SIG_IGN:
+                    continue
+                self.previous[signum] = _signal.signal(signum, self._handler)
+            except ValueError:
+                break  # not the main thread: signals are not ours to handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            _signal.signal(signum, handler)
+        self.previous.clear()
+
+
+def submit(inv: "Invocation", io: "Streams", settings: "Settings", options: "IntakeOptions") -> int:
+    """Queue mode: take the message on stdin into the queue; 0 only once it is durable.
+
+    Raises a ``PysendmailError`` (one line, one status) when it is not queued.
+    """
+    from pysendmail.message import intake
+    from pysendmail.queue import Queue
+
+    queue = Queue(settings.general.queue_dir)
+    if not options.queue_id:
+        options.queue_id = intake.make_queue_id()
+    guard = _SignalGuard()
+    try:
+        with guard:
+            guard.hold = True
+            pending = queue.begin(options.queue_id)
+            with pending:
+                guard.pending = pending
+                guard.release()
+                try:
+                    intake.receive(io.stdin, pending.file, options)
+                except errors.IOFailure as exc:
+                    raise _write_failure(exc, queue) from None
+                pending.commit()
+    except _Interrupted as exc:
+        name = _SIGNAL_NAMES.get(exc.signum, f"signal {exc.signum}")
+        raise errors.TemporaryFailure(
+            f"stopped by {name} while reading the message; nothing was queued"
+        ) from None
+    return 0
+
+
+def _write_failure(exc: errors.IOFailure, queue: "Queue") -> errors.PysendmailError:
+    # The intake reports a failed write as IOFailure; a full disk is worth
+    # retrying (75), a failing one is not (74). The OSError is its context.
+    cause = exc.__context__
+    if isinstance(cause, OSError) and cause.errno in (28, 122):  # ENOSPC, EDQUOT
+        return errors.TemporaryFailure(
+            f"{queue.root}: {cause.strerror}; nothing was queued, try again later"
+        )
+    return exc
 
 
 class DirectTimeout(errors.TemporaryFailure):
