@@ -459,6 +459,13 @@ def _domain_problem(domain: str) -> str | None:
     return None
 
 
+#: Addresses ``check_mailbox`` found good, bounded: a server sees the same few
+#: senders and recipients again and again, and each is checked several times
+#: on its way into the queue (the intake, the prelude, the commit's re-read).
+_GOOD: dict[str, None] = {}
+_GOOD_MAX = 4096
+
+
 def check_mailbox(addr: str) -> str:
     """Check ``addr`` against RFC 5321 ``Mailbox`` (RFC 6531 UTF-8 allowed); return it.
 
@@ -466,6 +473,16 @@ def check_mailbox(addr: str) -> str:
     name, an ``[IPv4]`` literal or an ``[IPv6:...]`` literal. Raises
     ``DataError`` naming the address and what is wrong with it.
     """
+    if addr in _GOOD:
+        return addr
+    _check_mailbox(addr)
+    if len(_GOOD) >= _GOOD_MAX:
+        _GOOD.clear()
+    _GOOD[addr] = None
+    return addr
+
+
+def _check_mailbox(addr: str) -> None:
     check_text(addr, "address")
     if addr.startswith('"'):
         cut = _quoted_end(addr)
@@ -487,7 +504,6 @@ def check_mailbox(addr: str) -> str:
         problem = _domain_problem(domain)
     if problem is not None:
         raise DataError(f"address {show(addr)}: {problem}")
-    return addr
 
 
 def check_local_part(local: str) -> str:

@@ -290,13 +290,18 @@ class Envelope:
         if not 0 <= self.size < 10**_SIZE_DIGITS:
             raise DataError(f"message size {self.size} is out of range")
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, checked: bool = False) -> bytes:
         """The prelude: versioned, self-delimiting, every value xtext-encoded.
 
         Its length depends neither on ``size`` nor on ``eightbit`` nor on
         ``body_type``, so it can be written again in place once they are known.
+        ``checked=True``: ``check()`` passed already and only those three
+        values changed since; they alone are checked again.
         """
-        self.check()
+        if not checked:
+            self.check()
+        elif self.body_type not in _BODY_CODES or not 0 <= self.size < 10**_SIZE_DIGITS:
+            self.check()  # raises, naming the value
         lines = [b"id " + self.queue_id.encode("ascii"), b"sender " + _xtext(self.sender)]
         for r in self.recipients:
             notify = r.notify.encode("ascii") if r.notify is not None else b"-"

@@ -455,8 +455,20 @@ def resolve_recipient(word: str, options: IntakeOptions) -> list[str]:
     return found
 
 
+#: ``_submitter`` of the uids seen: a long-running server reads the password
+#: database once per uid, not once per message.
+_SUBMITTERS: dict[int, tuple[str, str]] = {}
+
+
 def _submitter(uid: int) -> tuple[str, str]:
     """Login name and full name of ``uid`` from the password database (never the environment)."""
+    found = _SUBMITTERS.get(uid)
+    if found is None:
+        found = _SUBMITTERS[uid] = _look_up_submitter(uid)
+    return found
+
+
+def _look_up_submitter(uid: int) -> tuple[str, str]:
     try:
         entry = pwd.getpwuid(uid)
     except KeyError:
@@ -762,7 +774,9 @@ def receive(src: "BinaryIO", out: "BinaryIO", options: IntakeOptions) -> Envelop
     envelope.eightbit = eightbit
     if eightbit:
         envelope.body_type = "8BITMIME"
-    final = envelope.to_bytes()
+    final = envelope.to_bytes(checked=True)
+    if len(final) != len(prelude):  # cannot happen: the prelude's length is fixed above
+        raise IOFailure("the envelope changed its length while the message was read")
     try:
         end = out.tell()
         out.seek(start)

@@ -72,6 +72,7 @@ class Pending:
         "dir_fd",
         "file",
         "final",
+        "linked",
         "maildrop",
         "path",
         "queue",
@@ -96,6 +97,8 @@ class Pending:
         self.committed = False
         self.committing = False
         self.aborting = False
+        #: In its final place, the folder not yet synced (``commit(sync_dir=False)``).
+        self.linked = False
         try:
             self.file: BinaryIO = os.fdopen(fd, "w+b", buffering=_WRITE_BUFFER)
         except BaseException:
@@ -126,13 +129,22 @@ class Pending:
             fd, self.dir_fd = self.dir_fd, None
             os.close(fd)
 
-    def commit(self) -> str:
+    def commit(self, sync_dir: bool = True) -> str:
         """Make the message durable and visible to a runner; return the path it now has.
 
         Raises ``TemporaryFailure`` when the disk is full, ``CantCreateError``
         when the queue id is taken, ``IOFailure`` for any other failure or a
         file the intake did not finish; in every case nothing is left behind.
+
+        ``sync_dir=False`` is the first half of a group commit (``queue/`` only,
+        never the maildrop): the file is checked, fsynced and linked into
+        place, but the folder is not synced, so the message is not committed
+        yet (``committed`` stays false, ``linked`` turns true). The caller then
+        syncs the folder once for the group and calls ``confirm()``, or
+        ``withdraw()`` when it could not.
         """
+        if not sync_dir and self.dir_fd is not None:
+            raise ValueError("a maildrop file is committed on its own")
         self.committing = True
         where = os.path.dirname(self.final)
         linked = False
@@ -153,23 +165,16 @@ class Pending:
                 self._sync_maildrop(fd, self.dir_fd)
             else:
                 linked = link_or_rename(self.path, self.final)
+                if not sync_dir:
+                    self.linked = True
+                    return self.final
                 fsync_dir(where)
             f.close()
         except OSError as exc:
             if linked:
                 self._unlink(self.final)
             self.abort()
-            if exc.errno in _NO_SPACE:
-                raise TemporaryFailure(
-                    f"{where}: {strerror(exc)}; nothing was queued, try again later"
-                ) from None
-            if exc.errno == errno.EEXIST:
-                raise CantCreateError(
-                    f"{self.final}: queue id {self.queue_id} is already in use; nothing was queued"
-                ) from None
-            raise IOFailure(
-                f"{exc.filename or where}: {strerror(exc)}; nothing was queued"
-            ) from None
+            raise commit_error(exc, self, where) from None
         except BaseException:
             if linked:
                 self._unlink(self.final)
@@ -179,6 +184,20 @@ class Pending:
         self._close_dir()
         self.queue.poke()
         return self.final
+
+    def confirm(self) -> None:
+        """The folder holding the link is synced: the message is committed (group commit)."""
+        if not self.linked:
+            raise ValueError("confirm() comes after commit(sync_dir=False)")
+        self.committed = True
+        close_quietly(self.file)  # flushed and fsynced: nothing is left to write
+
+    def withdraw(self) -> None:
+        """The folder could not be synced: take the link back and remove the file."""
+        if self.linked and not self.committed:
+            self._unlink(self.final)
+            self.linked = False
+        self.abort()
 
     def _check_complete(self, fd: int) -> None:
         # The envelope records the message size once the intake has seen the
@@ -216,6 +235,17 @@ class Pending:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def commit_error(exc: OSError, pending: Pending, where: str) -> Exception:
+    """The error to raise for ``exc``, met while committing ``pending`` (nothing was queued)."""
+    if exc.errno in _NO_SPACE:
+        return TemporaryFailure(f"{where}: {strerror(exc)}; nothing was queued, try again later")
+    if exc.errno == errno.EEXIST:
+        return CantCreateError(
+            f"{pending.final}: queue id {pending.queue_id} is already in use; nothing was queued"
+        )
+    return IOFailure(f"{exc.filename or where}: {strerror(exc)}; nothing was queued")
 
 
 def link_or_rename(src: str, dst: str) -> bool:

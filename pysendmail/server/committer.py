@@ -3,25 +3,34 @@
 Why a process: the intake (header completion, aliases, the queue file) costs
 about as much CPU as the SMTP dialogue, and threads of the listener's own
 interpreter share its lock with the event loop. The child runs them on the
-other core, a batch at a time, and commits each batch with one fsync of
-``queue/`` (``pysendmail.queue.group.commit_group``).
+other core and makes the messages durable in groups, with one fsync of
+``queue/`` per group (``pysendmail.queue.group.commit_group``).
 
-The protocol, over a socket pair: the listener sends a frame (4 octets of
-length, then a pickle) ``(options, jobs)``: the intake options when they
-changed (else ``None``) and a list of ``(sender, recipients, body_type,
-data)``; the child answers with one frame: for each job ``(reply, log_text,
-level, queue_id, sender, size, nrcpt)``. One batch is in flight at a time;
-what arrives meanwhile forms the next batch.
+Why a pipeline: the child has two stages, so that a message never waits for
+the disk work of messages that came before it to start its own intake. Its
+main thread reads each message as soon as the listener has it and runs the
+intake into ``tmp/`` (CPU); its commit thread takes whatever the intake has
+finished, fsyncs and links each file, fsyncs ``queue/`` once for the group and
+answers (disk: the interpreter lock is free meanwhile). A group is whatever
+arrived while the previous one was being synced, so the group size follows
+the load and a lone message is committed at once.
+
+The protocol, over a socket pair; every frame is 4 octets of length, then a
+pickle. The listener sends ``("options", IntakeOptions)`` when the intake
+options changed (first, and after a reload) and ``("job", seq, sender,
+recipients, body_type, data)`` for each message; the child answers each group
+with one frame: a list of ``(seq, reply, log_text, level, queue_id, sender,
+size, nrcpt)``.
 
 What it must never do: answer a 250 for a message before ``commit_group``
-returned ``None`` for it (after the batch's directory fsync). When the child
-dies, every message of its batch gets 451 (the client sends it again; one that
-was committed meanwhile may then be queued twice, as when serve itself dies
-between the commit and the 250).
+returned ``None`` for it (after its group's directory fsync). When the child
+dies, every message not yet answered gets 451 (the client sends it again; one
+that was committed meanwhile may then be queued twice, as when serve itself
+dies between the commit and the 250).
 
 The child ignores SIGINT, SIGTERM and SIGHUP (they are for serve, which may
 share its process group) and exits when its socket reaches end of file, after
-the batch under way.
+committing and answering every message it has read.
 """
 
 from __future__ import annotations
@@ -30,25 +39,31 @@ import asyncio
 import contextlib
 import copy
 import io
+import os
 import pickle
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pysendmail.message.intake import IntakeOptions
+    from pysendmail.queue.commit import Pending
+    from pysendmail.queue.spool import Queue
     from pysendmail.server.listener import Submission
     from pysendmail.server.policy import Policy
     from pysendmail.server.submit import QueueSubmitter
 
 _HEAD = struct.Struct("!I")
-#: A batch holds at most this many octets of message data (bigger waits a turn).
-BATCH_BYTES = 4 * 1024 * 1024
-Job = tuple[str, list[str], "str | None", bytes]
-Result = tuple[str, "str | None", str, str, str, int, int]
+#: A frame larger than this is not ours: the child or the listener stops.
+MAX_FRAME = 64 * 1024 * 1024
+#: ``(seq, reply, log_text, level, queue_id, sender, size, nrcpt)``
+Result = tuple[int, str, "str | None", str, str, str, int, int]
+#: What the intake left for the commit stage: the file, or the answer already.
+Written = tuple[int, "Pending | None", "Result | None", str, int, int]
 
 
 def _frame(obj: object) -> bytes:
@@ -70,86 +85,162 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def process_batch(queue_root: str, template: IntakeOptions, jobs: list[Job]) -> list[Result]:
-    """Intake every job into ``tmp/``, commit them as one group; the result of each."""
+def _read_frame(sock: socket.socket) -> Any:
+    head = _read_exactly(sock, _HEAD.size)
+    if head is None:
+        return None
+    size = _HEAD.unpack(head)[0]
+    if size > MAX_FRAME:
+        raise ValueError(f"a frame of {size} octets from the listener")
+    body = _read_exactly(sock, size)
+    if body is None:
+        return None
+    return pickle.loads(body)  # noqa: S301 - our own parent, over a socket pair
+
+
+def write_one(
+    queue: Queue,
+    template: IntakeOptions,
+    seq: int,
+    sender: str,
+    recipients: list[str],
+    body_type: str | None,
+    data: bytes,
+) -> Written:
+    """The intake of one message into ``tmp/`` (not yet durable), or its refusal."""
     from pysendmail.message.intake import make_queue_id, receive
-    from pysendmail.queue.commit import Pending
-    from pysendmail.queue.group import commit_group
-    from pysendmail.queue.spool import Queue
     from pysendmail.server.submit import failure
 
-    queue = Queue(queue_root)
-    results: list[Result | None] = [None] * len(jobs)
-    pendings: list[Pending] = []
-    where: list[tuple[int, str, str, int, int]] = []
+    queue_id = make_queue_id()
+    options = copy.copy(template)
+    options.sender = sender
+    options.recipients = list(recipients)
+    options.body_type = body_type
+    options.queue_id = queue_id
     try:
-        for i, (sender, recipients, body_type, data) in enumerate(jobs):
-            queue_id = make_queue_id()
-            options = copy.copy(template)
-            options.sender = sender
-            options.recipients = list(recipients)
-            options.body_type = body_type
-            options.queue_id = queue_id
-            try:
-                pending = queue.begin(queue_id)
-                try:
-                    envelope = receive(io.BytesIO(data), pending.file, options)
-                except BaseException:
-                    pending.abort()
-                    raise
-            except Exception as exc:
-                reply, text, level = failure(exc)
-                if text is None:
-                    text = f"internal error: {type(exc).__name__}: {exc}"
-                results[i] = (reply, text, level, queue_id, sender, 0, 0)
-                continue
-            pendings.append(pending)
-            where.append((i, queue_id, envelope.sender, envelope.size, len(envelope.recipients)))
-        outcomes = commit_group(pendings)
-    except BaseException:
-        for pending in pendings:
+        pending = queue.begin(queue_id)
+        try:
+            envelope = receive(io.BytesIO(data), pending.file, options)
+        except BaseException:
             pending.abort()
+            raise
+    except Exception as exc:
+        reply, text, level = failure(exc)
+        if text is None:
+            text = f"internal error: {type(exc).__name__}: {exc}"
+        return seq, None, (seq, reply, text, level, queue_id, sender, 0, 0), "", 0, 0
+    return seq, pending, None, envelope.sender, envelope.size, len(envelope.recipients)
+
+
+def commit_written(items: list[Written]) -> list[Result]:
+    """Commit the files of ``items`` as one group; the answer of every item."""
+    from pysendmail.queue.group import commit_group
+    from pysendmail.server.submit import failure
+
+    pendings = [item[1] for item in items if item[1] is not None]
+    try:
+        outcomes = iter(commit_group(pendings))
+    except BaseException:
+        for p in pendings:
+            p.abort()
         raise
-    for (i, queue_id, sender, size, nrcpt), problem in zip(where, outcomes, strict=True):
+    results: list[Result] = []
+    for seq, pending, answered, sender, size, nrcpt in items:
+        if pending is None:
+            assert answered is not None
+            results.append(answered)
+            continue
+        queue_id = pending.queue_id
+        problem = next(outcomes)
         if problem is None:
-            results[i] = (
-                f"250 2.0.0 Ok: queued as {queue_id}",
-                None,
-                "info",
-                queue_id,
-                sender,
-                size,
-                nrcpt,
-            )
+            reply = f"250 2.0.0 Ok: queued as {queue_id}"
+            results.append((seq, reply, None, "info", queue_id, sender, size, nrcpt))
         else:
             reply, text, level = failure(problem)
-            results[i] = (reply, text or f"not queued: {problem}", level, queue_id, sender, 0, 0)
-    return [r for r in results if r is not None]
+            text = text or f"not queued: {problem}"
+            results.append((seq, reply, text, level, queue_id, sender, 0, 0))
+    return results
+
+
+class CommitStage(threading.Thread):
+    """The child's second stage: commits what the intake wrote, a group at a time, and answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="pysendmail-commit", daemon=True)
+        self.sock = sock
+        self.cond = threading.Condition()
+        self.items: list[Written] = []
+        self.closing = False
+        self.failed: BaseException | None = None
+
+    def put(self, item: Written) -> None:
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify()
+
+    def finish(self) -> None:
+        """Commit and answer what is left, then stop."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.join()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.items and not self.closing:
+                    self.cond.wait()
+                if not self.items:
+                    return
+                group, self.items = self.items, []
+            try:
+                answers = commit_written(group)
+                self.sock.sendall(_frame(answers))
+            except BaseException as exc:
+                # The listener is gone, or a bug: stop the child. Whatever was
+                # not answered gets 451 from the listener (or nobody is left
+                # to tell); files not committed are cleaned up as stale.
+                self.failed = exc
+                with contextlib.suppress(Exception):
+                    print(
+                        f"pysendmail: commit process: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                os._exit(75)
 
 
 def child_main(fd: int, queue_root: str) -> int:
+    from pysendmail.queue.spool import Queue
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    queue = Queue(queue_root)
+    stage = CommitStage(sock)
+    stage.start()
     template: Any = None
-    while True:
-        head = _read_exactly(sock, _HEAD.size)
-        if head is None:
-            return 0
-        body = _read_exactly(sock, _HEAD.unpack(head)[0])
-        if body is None:
-            return 0
-        options, jobs = pickle.loads(body)  # noqa: S301 - our own parent, over a socket pair
-        if options is not None:
-            template = options
-        sock.sendall(_frame(process_batch(queue_root, template, jobs)))
+    try:
+        while True:
+            frame = _read_frame(sock)
+            if frame is None:
+                break
+            if frame[0] == "options":
+                template = frame[1]
+                continue
+            _, seq, sender, recipients, body_type, data = frame
+            stage.put(write_one(queue, template, seq, sender, recipients, body_type, data))
+    finally:
+        stage.finish()
+    return 0
 
 
 # --------------------------------------------------------------------------- the listener's side
 
 
-class GroupCommitter:
-    """The listener's end: batches submissions to the child, resolves their replies.
+class GroupCommitter(asyncio.Protocol):
+    """The listener's end: hands each submission to the child, resolves its reply.
 
     ``__call__`` is the ``group_submit`` of ``Handler``: it takes a
     submission whose data is in memory and returns the future of its reply,
@@ -165,15 +256,16 @@ class GroupCommitter:
         self.submitter = submitter
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.sock: socket.socket | None = None
-        self.waiting: list[tuple[Submission, Job, asyncio.Future[str]]] = []
-        self.in_flight: list[tuple[Submission, Job, asyncio.Future[str]]] = []
+        self.transport: asyncio.Transport | None = None
+        self.outstanding: dict[int, tuple[Submission, asyncio.Future[str]]] = {}
+        self.seq = 0
         self.sent_policy: Policy | None = None
         self.buffer = bytearray()
         self.idle: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         parent, child = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
@@ -192,110 +284,103 @@ class GroupCommitter:
             raise
         finally:
             child.close()
-        parent.setblocking(False)
-        self.sock = parent
         self.loop = loop
         self.idle = asyncio.Event()
         self.idle.set()
-        loop.add_reader(parent.fileno(), self._readable)
+        await loop.connect_accepted_socket(lambda: self, sock=parent)
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= _HEAD.size:
+            need = _HEAD.unpack_from(self.buffer)[0] + _HEAD.size
+            if need - _HEAD.size > MAX_FRAME:
+                self._died("the commit process sent a frame too large")
+                return
+            if len(self.buffer) < need:
+                return
+            results: list[Result] = pickle.loads(  # noqa: S301 - our own child
+                bytes(self.buffer[_HEAD.size : need])
+            )
+            del self.buffer[:need]
+            self._answer(results)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closing or self.outstanding:
+            self._died("the commit process is gone")
+
+    # -- the listener's calls --------------------------------------------------
 
     def __call__(self, submission: Submission) -> asyncio.Future[str] | None:
-        if self.sock is None or self.loop is None:
+        transport, loop = self.transport, self.loop
+        if transport is None or loop is None or self.closing or transport.is_closing():
             return None
         data = submission.spool.memory()
         if data is None:
             return None
         submission.spool.close()
-        future: asyncio.Future[str] = self.loop.create_future()
-        job: Job = (submission.sender, submission.recipients, submission.body_type, data)
-        self.waiting.append((submission, job, future))
-        if not self.in_flight:
-            self._send()
+        if self.sent_policy is not self.policy:
+            options = self.policy.intake_options(None, [], None)
+            transport.write(_frame(("options", options)))
+            self.sent_policy = self.policy
+        self.seq += 1
+        seq = self.seq
+        future: asyncio.Future[str] = loop.create_future()
+        self.outstanding[seq] = (submission, future)
+        if self.idle is not None:
+            self.idle.clear()
+        transport.write(
+            _frame(
+                ("job", seq, submission.sender, submission.recipients, submission.body_type, data)
+            )
+        )
         return future
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
 
-    def _send(self) -> None:
-        assert self.sock is not None and self.idle is not None
-        batch: list[tuple[Submission, Job, asyncio.Future[str]]] = []
-        size = 0
-        while self.waiting and (not batch or size + len(self.waiting[0][1][3]) <= BATCH_BYTES):
-            item = self.waiting.pop(0)
-            batch.append(item)
-            size += len(item[1][3])
-        options = None
-        if self.sent_policy is not self.policy:
-            options = self.policy.intake_options(None, [], None)
-            self.sent_policy = self.policy
-        frame = _frame((options, [job for _, job, _ in batch]))
-        self.in_flight = batch
-        self.idle.clear()
-        try:
-            self.sock.setblocking(True)
-            self.sock.sendall(frame)
-            self.sock.setblocking(False)
-        except OSError as exc:
-            self._died(f"cannot reach the commit process: {exc}")
-
-    def _readable(self) -> None:
-        assert self.sock is not None
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._died(f"the commit process is gone: {exc}")
-            return
-        if not chunk:
-            self._died("the commit process is gone")
-            return
-        self.buffer += chunk
-        if len(self.buffer) < _HEAD.size:
-            return
-        need = _HEAD.unpack_from(self.buffer)[0] + _HEAD.size
-        if len(self.buffer) < need:
-            return
-        results: list[Result] = pickle.loads(  # noqa: S301 - our own child
-            bytes(self.buffer[_HEAD.size : need])
-        )
-        del self.buffer[:need]
-        batch, self.in_flight = self.in_flight, []
-        for (submission, _job, future), result in zip(batch, results, strict=True):
-            reply, text, level, queue_id, sender, size, nrcpt = result
+    def _answer(self, results: list[Result]) -> None:
+        for seq, reply, text, level, queue_id, sender, size, nrcpt in results:
+            item = self.outstanding.pop(seq, None)
+            if item is None:
+                continue
+            submission, future = item
             if text is not None:
                 self.log.line(f"{submission.client}: {text}", level)
             else:
                 self.submitter.accepted(submission, queue_id, sender, size, nrcpt)
             if not future.done():
                 future.set_result(reply)
-        if self.waiting:
-            self._send()
-        elif self.idle is not None:
+        if not self.outstanding and self.idle is not None:
             self.idle.set()
 
     def _died(self, why: str) -> None:
-        self.log.line(f"{why}; committing in threads from now on", "error")
-        if self.sock is not None and self.loop is not None:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-        self.sock = None
-        for _submission, _job, future in self.in_flight + self.waiting:
+        if not self.closing:
+            self.log.line(f"{why}; committing in threads from now on", "error")
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+        outstanding, self.outstanding = self.outstanding, {}
+        for _submission, future in outstanding.values():
             if not future.done():
                 future.set_result("451 4.3.0 Cannot queue the message now, try again later")
-        self.in_flight, self.waiting = [], []
         if self.idle is not None:
             self.idle.set()
 
     async def close(self) -> None:
-        """Wait for the batches under way, then let the child finish and exit."""
+        """Wait for the messages under way, then let the child finish and exit."""
         if self.idle is not None:
             await self.idle.wait()
-        if self.sock is not None and self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        self.closing = True
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
         if self.proc is not None:
             proc, self.proc = self.proc, None
             loop = asyncio.get_running_loop()

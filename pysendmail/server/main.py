@@ -249,7 +249,7 @@ class App:
         try:
             await self._bind(loop)
             _drop_privileges(self.queue, self._log_line)
-            self._start_committer(loop)
+            await self._start_committer(loop)
             self._start_runner()
             self._install_signals(loop)
             shown = ", ".join(self.addresses)
@@ -308,9 +308,9 @@ class App:
             bound = self.http.server.sockets[0].getsockname()
             self.addresses.append(f"http://{bound[0]}:{bound[1]}")
 
-    def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_committer(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            self.group.start(loop)
+            await self.group.start(loop)
         except OSError as exc:
             self._log_line(f"no commit process ({exc}): committing in threads", "warning")
             return

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import io
 import os
+import signal
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pysendmail.errors import IOFailure
 from pysendmail.message.intake import IntakeOptions, make_queue_id, receive
 from pysendmail.queue.group import commit_group
 from pysendmail.queue.spool import Queue
-from pysendmail.server.committer import process_batch
+from pysendmail.server.committer import GroupCommitter, commit_written, write_one
+from pysendmail.server.listener import Spool, Submission
 
 BODY = b"From: a@example.com\r\nSubject: x\r\n\r\nhello\r\n"
 
@@ -45,11 +52,149 @@ def test_process_batch_answers_250_only_for_committed_messages(tmp_path: Path) -
     queue.begin(make_queue_id()).abort()  # lays the personal queue out
     template = IntakeOptions(dot_ends_input=False)
     jobs = [
-        ("a@example.com", ["b@example.org"], None, BODY),
-        ("a@example.com", ["b@example.org"], None, b"Subject: \x00\r\n\r\nx\r\n"),
+        (7, "a@example.com", ["b@example.org"], None, BODY),
+        (8, "a@example.com", ["b@example.org"], None, b"Subject: \x00\r\n\r\nx\r\n"),
     ]
-    results = process_batch(queue.root, template, jobs)
-    assert results[0][0].startswith("250 ") and results[0][3] in os.listdir(queue.dir("queue"))
-    assert results[1][0].startswith("554 ")
+    written = [write_one(queue, template, *job) for job in jobs]
+    assert os.listdir(queue.dir("queue")) == []  # written is not committed
+    results = commit_written(written)
+    assert [r[0] for r in results] == [7, 8]
+    assert results[0][1].startswith("250 ") and results[0][4] in os.listdir(queue.dir("queue"))
+    assert results[1][1].startswith("554 ")
     assert len(os.listdir(queue.dir("queue"))) == 1
     assert os.listdir(queue.dir("tmp")) == []
+
+
+def test_a_failed_folder_sync_withdraws_every_linked_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pysendmail.queue import group
+
+    queue = Queue(str(tmp_path / "spool"))
+    pendings = []
+    for _ in range(3):
+        queue_id = make_queue_id()
+        pending = queue.begin(queue_id)
+        receive(io.BytesIO(BODY), pending.file, _options(queue_id))
+        pendings.append(pending)
+
+    def broken(path: str) -> None:
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(group, "fsync_dir", broken)
+    results = commit_group(pendings)
+    assert all(isinstance(r, IOFailure) for r in results)
+    assert os.listdir(queue.dir("queue")) == []
+    assert os.listdir(queue.dir("tmp")) == []
+    assert not any(p.committed for p in pendings)
+
+
+def test_commit_without_the_folder_sync_is_not_a_commit_until_confirmed(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue_id = make_queue_id()
+    pending = queue.begin(queue_id)
+    receive(io.BytesIO(BODY), pending.file, _options(queue_id))
+    final = pending.commit(sync_dir=False)
+    assert os.path.exists(final) and pending.linked and not pending.committed
+    pending.confirm()
+    assert pending.committed
+    pending.abort()  # a committed message is never taken back
+    assert os.path.exists(final)
+
+    other = queue.begin(make_queue_id())
+    receive(io.BytesIO(BODY), other.file, _options(other.queue_id))
+    linked = other.commit(sync_dir=False)
+    other.withdraw()
+    assert not os.path.exists(linked) and os.listdir(queue.dir("tmp")) == []
+    with queue.begin(make_queue_id()) as fresh, pytest.raises(ValueError, match="after commit"):
+        fresh.confirm()
+
+
+# --------------------------------------------------------------------------- the child process
+
+
+class _Submitter:
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+
+    def accepted(self, submission: Any, queue_id: str, *_: object) -> None:
+        self.queued.append(queue_id)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def line(self, text: str, level: str = "info") -> None:
+        self.lines.append((text, level))
+
+
+class _Policy:
+    def __init__(self) -> None:
+        self.made = 0
+
+    def intake_options(self, *_: object) -> IntakeOptions:
+        self.made += 1
+        return IntakeOptions(dot_ends_input=False)
+
+
+def _submission(tmp_path: Path, data: bytes) -> Submission:
+    spool = Spool(str(tmp_path))
+    spool.write(data)
+    return Submission("a@example.com", ["b@example.org"], spool, None, "unix", None, None)
+
+
+def _committer(queue: Queue) -> tuple[GroupCommitter, _Submitter, _Log, _Policy]:
+    submitter, log, policy = _Submitter(), _Log(), _Policy()
+    group = GroupCommitter(queue.root, policy, submitter, log)  # type: ignore[arg-type]
+    return group, submitter, log, policy
+
+
+def test_the_commit_process_answers_each_message_after_its_commit(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()  # lays the queue out
+
+    async def main() -> list[str]:
+        group, submitter, log, policy = _committer(queue)
+        await group.start(asyncio.get_running_loop())
+        futures = [group(_submission(tmp_path, BODY)) for _ in range(30)]
+        futures.append(group(_submission(tmp_path, b"Subject: \x00\r\n\r\nx\r\n")))
+        assert all(f is not None for f in futures)
+        replies = list(await asyncio.gather(*[f for f in futures if f is not None]))
+        await group.close()
+        assert policy.made == 1  # the options went once
+        assert len(submitter.queued) == 30
+        assert [level for _, level in log.lines] == ["warning"]  # the refused one
+        return replies
+
+    replies = asyncio.run(main())
+    assert all(r.startswith("250 2.0.0 Ok: queued as ") for r in replies[:30])
+    assert replies[30].startswith("554 ")
+    queued = sorted(os.listdir(queue.dir("queue")))
+    assert queued == sorted(r.rsplit(" ", 1)[1] for r in replies[:30])
+    assert os.listdir(queue.dir("tmp")) == []
+
+
+def test_a_dead_commit_process_means_451_then_threads(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()
+
+    async def main() -> None:
+        group, _submitter, log, _policy = _committer(queue)
+        await group.start(asyncio.get_running_loop())
+        assert group.proc is not None
+        first = group(_submission(tmp_path, BODY))
+        assert first is not None
+        assert (await first).startswith("250 ")
+        group.proc.send_signal(signal.SIGSTOP)  # it cannot answer what comes next
+        pending = group(_submission(tmp_path, BODY))
+        assert pending is not None
+        group.proc.kill()
+        assert await asyncio.wait_for(pending, 30) == (
+            "451 4.3.0 Cannot queue the message now, try again later"
+        )
+        assert any("the commit process is gone" in text for text, _ in log.lines)
+        assert group(_submission(tmp_path, BODY)) is None  # the caller commits in a thread
+        await group.close()
+
+    asyncio.run(main())
