@@ -108,6 +108,8 @@ WATCH_MAX_WAIT = 60.0
 WATCH_SLICE = 0.5
 #: How often a watching runner without a trigger FIFO looks at the queue.
 WATCH_POLL = 5.0
+#: Senders whose route is remembered (the cache is emptied when full).
+_ROUTES_KEPT = 256
 
 # Errors that say "this site cannot send now" (credentials, TLS, a missing
 # extension, our own configuration), not "this message is refused": they defer.
@@ -323,6 +325,10 @@ class Runner:
         self._summary_lock = threading.Lock()
         # Routes that could not be opened in this run: (relay name, reason).
         self._suspended: dict[tuple[int, ...], tuple[str, str]] = {}
+        # The route of each sender seen (the relays' ids), as ``routes_for``
+        # decides it from ``_routes_of``, the settings they were made from.
+        self._routes: dict[str, tuple[int, ...]] = {}
+        self._routes_of: object = None
         #: Run parallel connections as processes (see ``_work_processes``): for
         #: a one-shot ``queue run``, never inside a program with threads of its own.
         self.processes = processes and hasattr(os, "fork")
@@ -592,16 +598,18 @@ class Runner:
 
     def _work(self, feed: _Feed, summary: RunSummary) -> None:
         relay = self._relay_factory()
+        # This worker's counts, added to the run's once, however the work ends
+        # (not once per message: the lock and a dozen setattr each time).
+        mine = RunSummary()
         try:
             for queue_id in feed:
-                mine = RunSummary()
-                try:
-                    self._one(queue_id, relay, mine, feed)
-                finally:
-                    with self._summary_lock:
-                        summary.add(mine)
+                self._one(queue_id, relay, mine, feed)
         finally:
-            relay.close()
+            try:
+                relay.close()
+            finally:
+                with self._summary_lock:
+                    summary.add(mine)
 
     def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: _Feed) -> None:
         try:
@@ -689,8 +697,18 @@ class Runner:
     def _send(
         self, claim: Claim, relay: RelayLike, envelope: Envelope, pending: list[str]
     ) -> DeliveryReport:
-        relays: list[Any] = list(self.settings.relays)
-        route = tuple(id(r) for r in routes_for(envelope.sender, relays))
+        routes = self._routes
+        if self._routes_of is not self.settings:
+            # New settings (a reload): the routes are decided again.
+            routes.clear()
+            self._routes_of = self.settings
+        route = routes.get(envelope.sender)
+        if route is None:
+            relays: list[Any] = list(self.settings.relays)
+            route = tuple(id(r) for r in routes_for(envelope.sender, relays))
+            if len(routes) >= _ROUTES_KEPT:
+                routes.clear()
+            routes[envelope.sender] = route
         suspended = self._suspended.get(route)
         if suspended is not None:
             # This smarthost could not be reached a moment ago: do not wait for

@@ -113,3 +113,22 @@ def test_an_unanswered_rset_times_out_and_the_message_goes_on_a_new_connection(
     assert server.connections == 2
     delivered_once(server, subjects, log)
     assert queue_files(queue) == []
+
+
+def test_new_settings_route_the_next_run_anew(
+    tmp_path: pathlib.Path, server: RecordingServer, queue: Queue, clock: Clock, log: io.StringIO
+) -> None:
+    # The sidecar's reload assigns runner.settings: the runs after it deliver
+    # through the new relays (the runner remembers each sender's route, and
+    # forgets them when the settings change).
+    settings = settings_for(tmp_path, server.port, queue={"connections": 1})
+    runner = make_runner(settings, clock, log)
+    enqueue(queue, ["bob@example.net"], subject="old route")
+    runner.run_once()
+    with RecordingServer() as other:
+        runner.settings = settings_for(tmp_path, other.port, queue={"connections": 1})
+        enqueue(queue, ["bob@example.net"], subject="new route")
+        runner.run_once()
+        assert [parse(m.data)["Subject"] for m in other.messages] == ["new route"]
+    assert [parse(m.data)["Subject"] for m in server.messages] == ["old route"]
+    assert queue_files(queue) == []
