@@ -40,14 +40,14 @@ import contextlib
 import copy
 import io
 import os
-import pickle
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
+
+from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame
 
 if TYPE_CHECKING:
     from pysendmail.message.intake import IntakeOptions
@@ -57,45 +57,10 @@ if TYPE_CHECKING:
     from pysendmail.server.policy import Policy
     from pysendmail.server.submit import QueueSubmitter
 
-_HEAD = struct.Struct("!I")
-#: A frame larger than this is not ours: the child or the listener stops.
-MAX_FRAME = 64 * 1024 * 1024
 #: ``(seq, reply, log_text, level, queue_id, sender, size, nrcpt)``
 Result = tuple[int, str, "str | None", str, str, str, int, int]
 #: What the intake left for the commit stage: the file, or the answer already.
 Written = tuple[int, "Pending | None", "Result | None", str, int, int]
-
-
-def _frame(obj: object) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEAD.pack(len(data)) + data
-
-
-# --------------------------------------------------------------------------- the child
-
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_frame(sock: socket.socket) -> Any:
-    head = _read_exactly(sock, _HEAD.size)
-    if head is None:
-        return None
-    size = _HEAD.unpack(head)[0]
-    if size > MAX_FRAME:
-        raise ValueError(f"a frame of {size} octets from the listener")
-    body = _read_exactly(sock, size)
-    if body is None:
-        return None
-    return pickle.loads(body)  # noqa: S301 - our own parent, over a socket pair
 
 
 def write_one(
@@ -195,7 +160,7 @@ class CommitStage(threading.Thread):
                 group, self.items = self.items, []
             try:
                 answers = commit_written(group)
-                self.sock.sendall(_frame(answers))
+                self.sock.sendall(frame(answers))
             except BaseException as exc:
                 # The listener is gone, or a bug: stop the child. Whatever was
                 # not answered gets 451 from the listener (or nobody is left
@@ -223,13 +188,13 @@ def child_main(fd: int, queue_root: str) -> int:
     template: Any = None
     try:
         while True:
-            frame = _read_frame(sock)
-            if frame is None:
+            got: Any = read_frame(sock)
+            if got is None:
                 break
-            if frame[0] == "options":
-                template = frame[1]
+            if got[0] == "options":
+                template = got[1]
                 continue
-            _, seq, sender, recipients, body_type, data = frame
+            _, seq, sender, recipients, body_type, data = got
             stage.put(write_one(queue, template, seq, sender, recipients, body_type, data))
     finally:
         stage.finish()
@@ -260,7 +225,7 @@ class GroupCommitter(asyncio.Protocol):
         self.outstanding: dict[int, tuple[Submission, asyncio.Future[str]]] = {}
         self.seq = 0
         self.sent_policy: Policy | None = None
-        self.buffer = bytearray()
+        self.frames = FrameBuffer()
         self.idle: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
@@ -296,19 +261,13 @@ class GroupCommitter(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= _HEAD.size:
-            need = _HEAD.unpack_from(self.buffer)[0] + _HEAD.size
-            if need - _HEAD.size > MAX_FRAME:
-                self._died("the commit process sent a frame too large")
-                return
-            if len(self.buffer) < need:
-                return
-            results: list[Result] = pickle.loads(  # noqa: S301 - our own child
-                bytes(self.buffer[_HEAD.size : need])
-            )
-            del self.buffer[:need]
-            self._answer(results)
+        try:
+            found = self.frames.feed(data)
+        except FrameError as exc:
+            self._died(f"the commit process sent {exc}")
+            return
+        for results in found:
+            self._answer(results)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -327,7 +286,7 @@ class GroupCommitter(asyncio.Protocol):
         submission.spool.close()
         if self.sent_policy is not self.policy:
             options = self.policy.intake_options(None, [], None)
-            transport.write(_frame(("options", options)))
+            transport.write(frame(("options", options)))
             self.sent_policy = self.policy
         self.seq += 1
         seq = self.seq
@@ -336,7 +295,7 @@ class GroupCommitter(asyncio.Protocol):
         if self.idle is not None:
             self.idle.clear()
         transport.write(
-            _frame(
+            frame(
                 ("job", seq, submission.sender, submission.recipients, submission.body_type, data)
             )
         )

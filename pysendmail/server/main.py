@@ -3,9 +3,11 @@
 Start-up: load the configuration (full validation, the users' hashes, the
 TLS certificate, the aliases), make sure the queue exists, bind every
 listener (TCP addresses and the unix socket) and the HTTP address, then — when
-started as root — become the queue's owner, start the runner in a thread
+started as root — become the queue's owner, start the commit process
+(``committer``: intake and group commit), start the runner in a thread
 (``Runner.watch``: woken by every commit through the trigger FIFO, this
-process's and any other's on a shared volume, and by retry times), and serve.
+process's and any other's on a shared volume, and by retry times) with its
+deliveries in ``queue.connections`` worker processes (``delivery``), and serve.
 
 Signals:
 
@@ -51,6 +53,7 @@ from pysendmail import __version__, errors
 from pysendmail.queue.spool import Queue
 from pysendmail.runner import Runner, RunSummary
 from pysendmail.server.committer import GroupCommitter
+from pysendmail.server.delivery import DeliveryPool
 from pysendmail.server.http import HTTPServer
 from pysendmail.server.listener import SHUTTING_DOWN, Handler, Registry
 from pysendmail.server.metrics import CONTENT_TYPE, Metrics, ServerLogger, queue_gauges
@@ -179,6 +182,18 @@ class ServeRunner(Runner):
     def __init__(self, *args: Any, stopping: threading.Event, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stopping = stopping
+        #: The delivery processes (``pysendmail.server.delivery``); without
+        #: them (none could start) the deliveries run in threads, as before.
+        self.pool: DeliveryPool | None = None
+
+    def _work_all(self, feed: Any, summary: RunSummary) -> None:
+        pool = self.pool
+        if pool is None or not pool.available():
+            super()._work_all(feed, summary)
+            return
+        failure = pool.run(self, feed.take_all(), feed.forced, summary)
+        if failure is not None:
+            raise failure
 
     def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: Any) -> None:
         if self.stopping.is_set():
@@ -229,6 +244,7 @@ class App:
         self.http: HTTPServer | None = None
         self.stopping = threading.Event()
         self.runner = ServeRunner(settings, logger=logger, queue=self.queue, stopping=self.stopping)
+        self.pool = DeliveryPool(settings.queue.connections, logger)
         self.runner_thread: threading.Thread | None = None
         self._stop_requested: asyncio.Event | None = None
         self._reloading = False
@@ -317,6 +333,12 @@ class App:
         self.handler.group_submit = self.group
 
     def _start_runner(self) -> None:
+        try:
+            self.pool.start()
+            self.runner.pool = self.pool
+        except OSError as exc:
+            self._log_line(f"no delivery processes ({exc}): delivering in threads", "warning")
+
         def watch() -> None:
             try:
                 self.runner.watch(self.stopping)
@@ -374,6 +396,7 @@ class App:
         self.handler.set_policy(self.policy)
         self.group.set_policy(self.policy)
         self.runner.settings = new.settings
+        self.pool.size = max(1, new.settings.queue.connections)
         for line in lines:
             self._log_line(f"reload: {line}", "info")
         for warning in new.warnings:
@@ -458,6 +481,7 @@ class App:
         await loop.run_in_executor(None, self.executor.shutdown, True)
         self.verifier.shutdown(wait=False, cancel_futures=True)
         self.stopping.set()
+        self.pool.interrupt()  # each delivery process finishes the message under way
         if self.runner_thread is not None:
             remaining = max(0.1, deadline - loop.time())
             await loop.run_in_executor(None, self.runner_thread.join, remaining)
@@ -467,6 +491,7 @@ class App:
                     "anyway (the message stays queued; its state says what was done)",
                     "warning",
                 )
+        await loop.run_in_executor(None, self.pool.close, max(0.1, deadline - loop.time()))
         if self.http is not None:
             self.http.close()
             await self.http.wait_closed()

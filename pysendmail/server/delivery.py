@@ -1,0 +1,358 @@
+"""The delivery processes of ``pysendmail serve``: the runner's connections, each a process.
+
+The runner's loop stays in ``serve``'s process (``Runner.watch`` in a thread:
+woken by every commit through the trigger FIFO and by retry times; it takes
+the maildrop in, removes stale files and decides which messages are due).
+The deliveries themselves — claiming a message, sending it, saving its state,
+bouncing — run in ``queue.connections`` worker processes that it started,
+the same work a one-shot ``queue run`` gives its worker processes.
+
+Why processes: delivering a message costs about as much interpreter time as
+accepting one, and a thread of serve's interpreter shares its lock with the
+event loop that answers the clients; measured with the listener under load,
+a runner thread held serve's accept rate to 0.30x of the bare aiosmtpd sink
+against 0.42x with the deliveries in another process. Each worker also keeps
+its ``Relay`` (one session per route) open between runs for ``KEEP_OPEN``
+seconds, so mail arriving a message at a time still travels over one
+connection, with RSET between messages.
+
+The protocol, over one socket pair per worker (``frames``): serve sends
+``("settings", Settings)`` first and after a reload, then ``("run", ids,
+forced)``; the worker answers with ``("event", queue_id, level, fields)`` and
+``("line", text, level)`` for every log line as it happens (serve writes them
+to its own log, which also counts the metrics), then ``("done", counts,
+error)``: its ``RunSummary`` and the error that stopped it, if any.
+
+What it must never do: give a message to two workers in one run (each id is
+dealt once; a claim is a lock anyway, DESIGN.md invariant 4); lose a
+message when a worker dies (its claims end with it and its messages stay
+queued for the next run, which a new worker takes).
+
+Signals: a worker ignores SIGINT and SIGHUP (they are serve's); SIGTERM makes
+it stop after the message under way, as serve does on SIGTERM. It exits at
+the end of file on its socket, closing its connections with QUIT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from pysendmail import errors
+from pysendmail.log import Logger
+from pysendmail.runner import Runner, RunSummary, StateWriteError
+from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame
+
+if TYPE_CHECKING:
+    from pysendmail.config import Settings
+    from pysendmail.message.envelope import Envelope
+    from pysendmail.relay import DeliveryReport, Relay
+    from pysendmail.runner import RelayLike
+
+#: A worker closes its connections after this many seconds without a message.
+KEEP_OPEN = 5.0
+#: A worker that cannot be started is tried again after this many seconds.
+RESTART_DELAY = 5.0
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Forwarder(Logger):
+    """The worker's logger: every line goes to serve, which writes it (and counts it)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__("stderr", "text")
+        self.sock = sock
+
+    def event(self, queue_id: str, level: str = "info", /, **fields: object) -> None:
+        plain = {
+            key: value if value is None or isinstance(value, str | int | float) else str(value)
+            for key, value in fields.items()
+        }
+        self.sock.sendall(frame(("event", queue_id, level, plain)))
+
+    def line(self, text: str, level: str = "info") -> None:
+        self.sock.sendall(frame(("line", str(text), level)))
+
+
+class _KeptRelay:
+    """One ``Relay`` for many runs: ``close()`` at the end of a run keeps it open."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.relay: Relay | None = None
+        self.last_used = 0.0
+
+    def send(
+        self, envelope: Envelope, message: IO[bytes], recipients: list[str] | None = None
+    ) -> DeliveryReport:
+        if self.relay is None:
+            self.relay = self.make()
+        self.last_used = time.monotonic()
+        return self.relay.send(envelope, message, recipients)
+
+    def close(self) -> None:
+        self.last_used = time.monotonic()
+
+    def really_close(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.close()
+
+
+class WorkerRunner(Runner):
+    """A worker's runner: delivers the ids it is given, stops after the message under way."""
+
+    def __init__(self, settings: Settings, log: Logger, stopping: threading.Event) -> None:
+        self.kept = _KeptRelay(self._default_relay)
+        super().__init__(settings, logger=log, relay_factory=lambda: self.kept)
+        self.stopping = stopping
+
+    def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: Any) -> None:
+        if self.stopping.is_set():
+            feed.stop()
+            return
+        super()._one(queue_id, relay, summary, feed)
+
+    def deliver(self, ids: list[str], forced: bool) -> tuple[RunSummary, tuple[str, str] | None]:
+        """Deliver ``ids`` in this process: the counts, and what stopped the run, if anything."""
+        from pysendmail.queue.removals import Removals
+        from pysendmail.runner import _Feed, _not_durable
+
+        summary = RunSummary()
+        error: tuple[str, str] | None = None
+        self._suspended.clear()
+        removals = Removals(self.queue)
+        try:
+            try:
+                self._work(_Feed(ids, forced=forced, removals=removals), summary)
+            finally:
+                try:
+                    removals.close()
+                except OSError as exc:
+                    raise _not_durable(exc) from exc
+        except StateWriteError as exc:
+            error = ("state", str(exc))
+        except Exception as exc:
+            error = ("other", f"{type(exc).__name__}: {exc}")
+        return summary, error
+
+
+def worker_main(fd: int) -> int:
+    """A worker's life: settings, then runs, until its socket ends."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    log = _Forwarder(sock)
+    runner: WorkerRunner | None = None
+    try:
+        while True:
+            if runner is not None and runner.kept.relay is not None:
+                idle = KEEP_OPEN - (time.monotonic() - runner.kept.last_used)
+                ready, _, _ = select.select([sock], [], [], max(0.0, idle))
+                if not ready:
+                    runner.kept.really_close()
+                    continue
+            got: Any = read_frame(sock)
+            if got is None:
+                return 0
+            if got[0] == "settings":
+                if runner is not None:
+                    runner.kept.really_close()
+                runner = WorkerRunner(got[1], log, stopping)
+            elif got[0] == "run" and runner is not None:
+                summary, error = runner.deliver(list(got[1]), bool(got[2]))
+                counts = {name: getattr(summary, name) for name in RunSummary.__slots__}
+                sock.sendall(frame(("done", counts, error)))
+    except (OSError, FrameError):
+        return 0  # serve is gone: nothing is left to report to
+    finally:
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                runner.kept.really_close()
+
+
+# --------------------------------------------------------------------------- serve's side
+
+
+class _Worker:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.settings: object = None  # the settings object it was sent last
+        self.frames = FrameBuffer()
+
+
+class DeliveryPool:
+    """Serve's end: the worker processes, and a run dealt out to them.
+
+    Used from the runner's thread only (``run``), except ``interrupt`` (any
+    thread) and ``close``.
+    """
+
+    def __init__(self, size: int, log: Logger) -> None:
+        self.size = max(1, size)
+        self.log = log
+        self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.next_start = 0.0
+
+    def _start_one(self) -> _Worker:
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pysendmail.server.delivery", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        return _Worker(proc, parent)
+
+    def start(self) -> None:
+        """Start the workers that are missing. Raises ``OSError`` when none can run."""
+        with self.lock:
+            while not self.closed and len(self.workers) < self.size:
+                self.workers.append(self._start_one())
+
+    def available(self) -> bool:
+        """Whether a run can go to the workers (else the runner delivers in its own thread)."""
+        if self.closed:
+            return False
+        if len(self.workers) < self.size and time.monotonic() >= self.next_start:
+            try:
+                self.start()
+            except OSError as exc:
+                self.next_start = time.monotonic() + RESTART_DELAY
+                self.log.line(f"runner: cannot start a delivery process: {exc}", "error")
+        return bool(self.workers)
+
+    def run(
+        self, runner: Runner, ids: list[str], forced: bool, summary: RunSummary
+    ) -> errors.PysendmailError | None:
+        """Deal ``ids`` to the workers, wait for every one; the first failure, if any."""
+        with self.lock:
+            workers = list(self.workers)
+        count = max(1, min(len(workers), runner.workers_for(len(ids))))
+        busy: dict[int, _Worker] = {}
+        failure: errors.PysendmailError | None = None
+        for n, worker in enumerate(workers[:count]):
+            share = ids[n::count]
+            try:
+                if worker.settings is not runner.settings:
+                    worker.sock.sendall(frame(("settings", runner.settings)))
+                    worker.settings = runner.settings
+                worker.sock.sendall(frame(("run", share, forced)))
+            except OSError as exc:
+                failure = failure or self._lost(worker, f"cannot reach it: {exc}")
+                continue
+            busy[worker.sock.fileno()] = worker
+        with selectors.DefaultSelector() as selector:
+            for fd in busy:
+                selector.register(fd, selectors.EVENT_READ)
+            while busy:
+                for key, _ in selector.select():
+                    worker = busy[key.fd]
+                    outcome = self._read(worker, summary)
+                    if outcome is None:
+                        continue
+                    selector.unregister(key.fd)
+                    del busy[key.fd]
+                    if isinstance(outcome, errors.PysendmailError):
+                        failure = failure or outcome
+        return failure
+
+    def _read(self, worker: _Worker, summary: RunSummary) -> object | None:
+        """Handle what ``worker`` sent; ``None`` while its run goes on, else its outcome."""
+        try:
+            data = worker.sock.recv(1 << 16)
+            found = worker.frames.feed(data) if data else None
+        except (OSError, FrameError) as exc:
+            return self._lost(worker, str(exc))
+        if found is None:
+            return self._lost(worker, "it ended")
+        outcome: object | None = None
+        for item in found:
+            got: Any = item
+            kind = got[0]
+            if kind == "event":
+                _, queue_id, level, fields = got
+                self.log.event(queue_id, level, **fields)
+            elif kind == "line":
+                self.log.line(got[1], got[2])
+            elif kind == "done":
+                _, counts, error = got
+                mine = RunSummary()
+                for name in RunSummary.__slots__:
+                    value = counts.get(name, 0) if isinstance(counts, dict) else 0
+                    setattr(mine, name, value if type(value) is int else 0)
+                summary.add(mine)
+                outcome = True
+                if error is not None:
+                    kind, text = error
+                    outcome = (
+                        StateWriteError(text) if kind == "state" else errors.PysendmailError(text)
+                    )
+        return outcome
+
+    def _lost(self, worker: _Worker, why: str) -> StateWriteError:
+        with self.lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+        with contextlib.suppress(OSError):
+            worker.sock.close()
+        status = worker.proc.poll()
+        if status is None:
+            worker.proc.kill()
+            status = worker.proc.wait()
+        how = f"signal {-status}" if status < 0 else f"status {status}"
+        # Said once, by the watch loop that gets this error back.
+        return StateWriteError(
+            f"a delivery process ended by {how} ({why}); its messages stay queued"
+        )
+
+    def interrupt(self) -> None:
+        """Ask every worker to stop after the message under way (serve is stopping)."""
+        with self.lock:
+            workers = list(self.workers)
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.proc.send_signal(signal.SIGTERM)
+
+    def close(self, timeout: float) -> None:
+        """Close the sockets (the workers QUIT and exit); kill whichever outlives ``timeout``."""
+        with self.lock:
+            self.closed = True
+            workers, self.workers = self.workers, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.sock.close()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            try:
+                worker.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(int(sys.argv[1])))

@@ -1,0 +1,84 @@
+"""The delivery processes of ``serve``: deliveries out of the listener's process, none lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+from tests.server.helpers import InProcessServer, write_config
+from tests.support.smtpd import RecordingServer
+
+
+def send(srv: InProcessServer, to: str, subject: str) -> None:
+    with smtplib.SMTP(*srv.smtp, timeout=10) as client:
+        client.sendmail("app@example.com", [to], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+
+
+def test_deliveries_run_in_worker_processes_and_report_back(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory(replies={"RCPT TO:<hard": "550 5.1.1 No such user"})
+    config = write_config(tmp_path, relay.port, queue={"connections": 2})
+    with InProcessServer(config) as srv:
+        workers = srv.app.pool.workers
+        assert len(workers) == 2
+        assert all(w.proc.poll() is None and w.proc.pid != os.getpid() for w in workers)
+        for n in range(3):
+            send(srv, f"ok{n}@example.org", f"ok {n}")
+        send(srv, "hard@example.org", "bounced")
+        srv.wait_for(lambda: len(relay.envelopes) == 4)  # three, and the DSN to app@
+        srv.wait_for(lambda: srv.metrics.bounced == 1 and srv.metrics.delivered == 4)
+        # The workers' log lines reach serve's log, one per recipient per attempt.
+        delivered = [r for r in srv.log_records() if r.get("status", "").startswith("sent")]
+        bounced = [r for r in srv.log_records() if r.get("status", "").startswith("bounced")]
+        assert len(delivered) == 4 and len(bounced) == 1
+        assert srv.metrics.relay_errors["5xx"] == 1
+
+
+def test_a_connection_stays_open_between_runs(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory()
+    config = write_config(tmp_path, relay.port, queue={"connections": 1})
+    with InProcessServer(config) as srv:
+        for n in range(3):
+            send(srv, f"u{n}@example.org", f"one at a time {n}")
+            srv.wait_for(lambda n=n: len(relay.envelopes) == n + 1)
+            time.sleep(0.2)
+    assert len(relay.sessions) == 1  # three runs, one session: RSET between
+    assert sum(c.startswith("RSET") for c in relay.commands) == 2
+
+
+def test_a_killed_worker_is_replaced_and_loses_nothing(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory()
+    config = write_config(tmp_path, relay.port, queue={"connections": 1})
+    with InProcessServer(config) as srv:
+        send(srv, "first@example.org", "before")
+        srv.wait_for(lambda: len(relay.envelopes) == 1)
+        old = srv.app.pool.workers[0].proc
+        old.send_signal(signal.SIGKILL)
+        old.wait()
+        send(srv, "second@example.org", "after")
+        srv.wait_for(lambda: len(relay.envelopes) == 2, timeout=60)
+        assert srv.app.pool.workers and srv.app.pool.workers[0].proc is not old
+        assert srv.queue.ids() == []
+        said = " ".join(srv.messages())
+        assert "a delivery process ended by signal 9" in said
+
+
+def test_sigterm_lets_the_workers_finish_and_go(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory()
+    config = write_config(tmp_path, relay.port)
+    srv = InProcessServer(config).start()
+    send(srv, "x@example.org", "last")
+    srv.wait_for(lambda: len(relay.envelopes) == 1)
+    procs = [w.proc for w in srv.app.pool.workers]
+    assert srv.stop() == 0
+    assert procs and all(p.poll() is not None for p in procs)
