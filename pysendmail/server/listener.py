@@ -431,7 +431,7 @@ class Handler:
             self._count("recipients")
             return "452 4.5.3 Too many recipients"
         try:
-            finals = resolve_recipient(address, policy.intake_options(None, [], None))
+            finals = resolve_recipient(address, policy.recipient_options())
         except errors.PysendmailError as exc:
             return f"553 5.1.3 Bad recipient address: {reply_text(exc)}"
         if not finals:
@@ -517,8 +517,26 @@ def _split_path(text: str) -> tuple[str, str] | None:
     return None
 
 
+#: ``parse_path`` of the arguments seen lately: clients send the same few
+#: MAIL FROM and RCPT TO paths again and again. Bounded: cleared when full.
+_PATHS: dict[str, tuple[str | None, str | None]] = {}
+_PATHS_MAX = 4096
+
+
 def parse_path(arg: str) -> tuple[str | None, str | None]:
     """aiosmtpd's ``_getaddr`` contract, strict (see ``SMTPSession._getaddr``)."""
+    try:
+        return _PATHS[arg]
+    except KeyError:
+        pass
+    found = _parse_path(arg)
+    if len(_PATHS) >= _PATHS_MAX:
+        _PATHS.clear()
+    _PATHS[arg] = found
+    return found
+
+
+def _parse_path(arg: str) -> tuple[str | None, str | None]:
     from pysendmail.message.addresses import parse_address_list
 
     text = arg.lstrip()
@@ -562,10 +580,14 @@ class _Commands(dict[str, Any]):
     def __init__(self, methods: dict[str, Any], session: SMTPSession) -> None:
         super().__init__(methods)
         self._session = session
+        self._wrapped: dict[str, Any] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         import functools
 
+        wrapped = self._wrapped.get(key)
+        if wrapped is not None:
+            return wrapped
         method = super().get(key)
         session = self._session
         if method is None:
@@ -578,11 +600,28 @@ class _Commands(dict[str, Any]):
                 return
             await method(arg)
 
+        self._wrapped[key] = checked
         return checked
+
+
+#: ``_check_sender`` of the senders that passed lately, by (address, domain).
+_SENDERS: dict[tuple[str, str], str] = {}
+_SENDERS_MAX = 4096
 
 
 def _check_sender(address: str, domain: str) -> str:
     """A MAIL FROM address checked as ``sendmail -f`` is; a bare name qualified with ``domain``."""
+    key = (address, domain)
+    found = _SENDERS.get(key)
+    if found is None:
+        found = _qualify_sender(address, domain)  # raises for a bad one: never kept
+        if len(_SENDERS) >= _SENDERS_MAX:
+            _SENDERS.clear()
+        _SENDERS[key] = found
+    return found
+
+
+def _qualify_sender(address: str, domain: str) -> str:
     from pysendmail.message.addresses import (
         check_local_part,
         check_mailbox,

@@ -84,6 +84,12 @@ def local_hostnames(settings: Settings) -> frozenset[str]:
     return frozenset(names)
 
 
+#: ``client_ip`` of the peer addresses seen lately (a pod has few clients; each
+#: session asks several times). Bounded: cleared when full.
+_IPS: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
+_IPS_MAX = 1024
+
+
 def client_ip(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP address of an asyncio peername; None for a unix socket or a pipe.
 
@@ -91,7 +97,20 @@ def client_ip(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     """
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return None
-    host = peer[0].split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
+    raw = peer[0]
+    try:
+        return _IPS[raw]
+    except KeyError:
+        pass
+    found = _parse_ip(raw)
+    if len(_IPS) >= _IPS_MAX:
+        _IPS.clear()
+    _IPS[raw] = found
+    return found
+
+
+def _parse_ip(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    host = raw.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -113,6 +132,7 @@ class Policy:
     __slots__ = (
         "_domains",
         "_local_hostnames",
+        "_recipient_options",
         "_senders",
         "aliases",
         "hostname",
@@ -150,6 +170,14 @@ class Policy:
         self.tls_context = loaded.tls_context
         self.aliases = loaded.aliases
         self._local_hostnames = local_hostnames(settings)
+        self._recipient_options: IntakeOptions | None = None
+
+    def recipient_options(self) -> IntakeOptions:
+        """The intake options RCPT resolves addresses with (made once per policy, not changed)."""
+        options = self._recipient_options
+        if options is None:
+            options = self._recipient_options = self.intake_options(None, [], None)
+        return options
 
     @classmethod
     def local(cls, settings: Settings, aliases: Aliases) -> Policy:
