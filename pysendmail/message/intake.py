@@ -143,6 +143,7 @@ class IntakeOptions:
         "rewrite_sender",
         "sender",
         "sender_from_header",
+        "trace",
         "uid",
     )
 
@@ -172,6 +173,7 @@ class IntakeOptions:
         uid: int | None = None,
         queue_id: str | None = None,
         now: float | None = None,
+        trace: "tuple[str, str, str] | None" = None,
     ) -> None:
         self.extract_recipients = extract_recipients
         self.dot_ends_input = dot_ends_input
@@ -200,6 +202,23 @@ class IntakeOptions:
         self.uid = os.getuid() if uid is None else uid
         self.queue_id = queue_id
         self.now = now
+        #: A message received over SMTP: (HELO name, client, protocol), e.g.
+        #: ("app.example", "unknown [192.0.2.1]", "ESMTPS"), for the server's
+        #: Received field (RFC 5321 4.4); ``None``: a local submission.
+        self.trace = trace
+
+
+def trace_word(text: str, limit: int = 255, extra: str = "") -> str:
+    """A value for a Received field (a client's HELO name is hostile), made safe.
+
+    Only ASCII letters, digits, ``.-_:[]`` and the characters of ``extra`` are
+    kept — no CR, LF, space, parenthesis or ``;`` that could end the clause
+    or forge another field — at most ``limit`` of them; ``unknown`` when
+    nothing is left.
+    """
+    allowed = ".-_:[]" + extra
+    kept = "".join(c for c in text[:limit] if c.isascii() and (c.isalnum() or c in allowed))
+    return kept.strip() or "unknown"
 
 
 def make_queue_id() -> str:
@@ -709,10 +728,19 @@ def receive(src: "BinaryIO", out: "BinaryIO", options: IntakeOptions) -> Envelop
 
     present = {f.name for f in fields}
     date = format_date(now)
-    lines = [
-        f"Received: by {options.hostname} (pysendmail, from userid {options.uid})\r\n"
-        f"\tid {queue_id}; {date}".encode()
-    ]
+    if options.trace is None:
+        received = (
+            f"Received: by {options.hostname} (pysendmail, from userid {options.uid})\r\n"
+            f"\tid {queue_id}; {date}"
+        )
+    else:
+        helo, client, protocol = options.trace
+        received = (
+            f"Received: from {trace_word(helo)} ({trace_word(client, extra=' ')})\r\n"
+            f"\tby {options.hostname} (pysendmail) with {trace_word(protocol)} id {queue_id};\r\n"
+            f"\t{date}"
+        )
+    lines = [received.encode()]
     lines.extend(b"\r\n".join(f.lines) for f in fields if f.name not in _REMOVED_FIELDS)
     if "message-id" not in present:
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))  # digits only: no locale

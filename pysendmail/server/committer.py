@@ -18,7 +18,7 @@ the load and a lone message is committed at once.
 The protocol, over a socket pair; every frame is 4 octets of length, then a
 pickle. The listener sends ``("options", IntakeOptions)`` when the intake
 options changed (first, and after a reload) and ``("job", seq, sender,
-recipients, body_type, data)`` for each message; the child answers each group
+recipients, body_type, data, trace)`` for each message; the child answers each group
 with one frame: a list of ``(seq, reply, log_text, level, queue_id, sender,
 size, nrcpt)``.
 
@@ -71,6 +71,7 @@ def write_one(
     recipients: list[str],
     body_type: str | None,
     data: bytes,
+    trace: tuple[str, str, str] | None = None,
 ) -> Written:
     """The intake of one message into ``tmp/`` (not yet durable), or its refusal."""
     from pysendmail.message.intake import make_queue_id, receive
@@ -82,6 +83,7 @@ def write_one(
     options.recipients = list(recipients)
     options.body_type = body_type
     options.queue_id = queue_id
+    options.trace = trace
     try:
         pending = queue.begin(queue_id)
         try:
@@ -194,8 +196,8 @@ def child_main(fd: int, queue_root: str) -> int:
             if got[0] == "options":
                 template = got[1]
                 continue
-            _, seq, sender, recipients, body_type, data = got
-            stage.put(write_one(queue, template, seq, sender, recipients, body_type, data))
+            _, seq, sender, recipients, body_type, data, trace = got
+            stage.put(write_one(queue, template, seq, sender, recipients, body_type, data, trace))
     finally:
         stage.finish()
     return 0
@@ -296,7 +298,15 @@ class GroupCommitter(asyncio.Protocol):
             self.idle.clear()
         transport.write(
             frame(
-                ("job", seq, submission.sender, submission.recipients, submission.body_type, data)
+                (
+                    "job",
+                    seq,
+                    submission.sender,
+                    submission.recipients,
+                    submission.body_type,
+                    data,
+                    submission.trace,
+                )
             )
         )
         return future

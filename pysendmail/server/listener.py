@@ -154,7 +154,7 @@ class Submission:
     (it runs in a worker thread that may outlive the session).
     """
 
-    __slots__ = ("body_type", "client", "helo", "login", "recipients", "sender", "spool")
+    __slots__ = ("body_type", "client", "helo", "login", "recipients", "sender", "spool", "trace")
 
     def __init__(
         self,
@@ -165,6 +165,7 @@ class Submission:
         client: str,
         helo: str | None,
         login: str | None,
+        trace: tuple[str, str, str] | None = None,
     ) -> None:
         self.sender = sender
         self.recipients = recipients
@@ -173,12 +174,37 @@ class Submission:
         self.client = client
         self.helo = helo
         self.login = login
+        #: (HELO name, client, protocol) for the Received field; ``None`` for ``-bs``.
+        self.trace = trace
 
 
 #: Takes a submission, returns the DATA reply ("250 ..." only when durable or relayed).
 Submit = Callable[[Submission], str]
 #: Takes a submission, returns the future of its DATA reply, or ``None`` when not taken.
 GroupSubmit = Callable[[Submission], "asyncio.Future[str] | None"]
+
+
+def trace_of(session: Session, login: str | None) -> tuple[str, str, str] | None:
+    """(HELO name, client, protocol) of a network session, for its Received field.
+
+    The protocol is RFC 3848's: ``SMTP`` after HELO, ``ESMTP`` after EHLO, then
+    ``S`` under TLS and ``A`` once authenticated. ``None`` for ``sendmail -bs``
+    (stdin), whose messages get the local form, from the user id.
+    """
+    peer = session.peer
+    ip = client_ip(peer)
+    if ip is not None:
+        client = f"unknown [{ip}]"
+    elif isinstance(peer, str):
+        client = "unix"
+    else:
+        return None
+    protocol = "ESMTP" if session.extended_smtp else "SMTP"
+    if session.ssl is not None:
+        protocol += "S"
+    if login:
+        protocol += "A"
+    return session.host_name or "unknown", client, protocol
 
 
 def describe_peer(peer: object) -> str:
@@ -462,6 +488,7 @@ class Handler:
             describe_peer(session.peer),
             session.host_name,
             server.login,
+            trace_of(session, server.login),
         )
         future = self.group_submit(submission) if self.group_submit is not None else None
         if future is not None:

@@ -67,6 +67,7 @@ class QueueSubmitter:
                 submission.sender, submission.recipients, submission.body_type
             )
             options.queue_id = queue_id
+            options.trace = submission.trace
             src = submission.spool.reader()
             with self.queue.begin(queue_id) as pending:
                 envelope = receive(src, pending.file, options)

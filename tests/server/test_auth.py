@@ -83,7 +83,16 @@ def test_the_right_password_logs_in_and_mail_is_accepted(
         client.sendmail("app@example.com", ["a@example.org"], MESSAGE)
     (accepted,) = [r for r in srv.log_records() if r.get("nrcpt")]
     assert accepted["sasl_username"] == "app"
-    assert len(srv.queue.ids()) == 1
+    (queue_id,) = srv.queue.ids()
+    envelope, _ = srv.queue.read_envelope("queue", queue_id)
+    with srv.queue.open_message("queue", queue_id) as f:
+        f.seek(envelope.message_offset)
+        received = f.readline() + f.readline()
+    # RFC 3848: ESMTP under TLS (S), authenticated (A).
+    assert received == (
+        b"Received: from client (unknown [127.0.0.1])\r\n"
+        b"\tby mx.example.com (pysendmail) with ESMTPSA id " + queue_id.encode() + b";\r\n"
+    )
 
 
 def test_three_failures_end_the_session(tmp_path: Path, certificates: Certificates) -> None:

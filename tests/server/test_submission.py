@@ -57,7 +57,11 @@ def test_the_message_is_committed_before_250(tmp_path: Path) -> None:
         assert envelope.body_type == "8BITMIME"
         message = queued_bytes(srv, queue_id)
         head, _, body = message.partition(b"\r\n\r\n")
-        assert head.startswith(b"Received: by mx.example.com (pysendmail")
+        # The server's trace field (RFC 5321 4.4): the client's HELO and address.
+        assert head.startswith(
+            b"Received: from client.example (unknown [127.0.0.1])\r\n"
+            b"\tby mx.example.com (pysendmail) with ESMTP id " + queue_id.encode() + b";\r\n\t"
+        )
         assert b"Bcc:" not in head and b"hidden@" not in message
         assert f".{queue_id}@mx.example.com>".encode() in head  # Message-ID added
         assert b"\r\nDate: " in head
@@ -210,3 +214,19 @@ def test_the_unix_socket_listener(tmp_path: Path) -> None:
         (record,) = [r for r in srv.log_records() if "nrcpt" in r]
         assert record["client"] == "unix"
     assert not sock.exists()  # removed on the way out
+
+
+def test_the_received_field_cannot_be_forged_through_helo(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port())
+    with InProcessServer(config) as srv, RawClient(srv.smtp) as client:
+        assert client.reply().startswith("220 ")
+        assert client.command("HELO evil(x); Bcc: a@b").startswith("250")
+        assert client.command("MAIL FROM:<app@example.com>") == "250 2.1.0 Ok"
+        assert client.command("RCPT TO:<a@example.org>") == "250 2.1.5 Ok"
+        assert client.command("DATA").startswith("354 ")
+        client.send(b"Subject: x\r\n\r\nx\r\n")
+        queue_id = client.command(".").rsplit(" ", 1)[1]
+        head = queued_bytes(srv, queue_id).partition(b"\r\n\r\n")[0]
+        received = head.split(b"\r\nSubject:")[0]
+        assert received.startswith(b"Received: from evilxBcc:ab (unknown [127.0.0.1])\r\n")
+        assert b"with SMTP id" in received  # HELO, not EHLO
