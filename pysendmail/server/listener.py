@@ -794,6 +794,17 @@ class SMTPSession(SMTP):
         """
         return parse_path(arg)
 
+    # -- AUTH ----------------------------------------------------------------
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # SASL mechanism names are case-insensitive (RFC 4954 4); aiosmtpd's
+        # table is upper case, so "AUTH plain" would be an unknown mechanism.
+        if arg:
+            mechanism, space, rest = arg.partition(" ")
+            arg = mechanism.upper() + space + rest
+        await super().smtp_AUTH(arg)
+
     # -- DATA ----------------------------------------------------------------
 
     @syntax("DATA")

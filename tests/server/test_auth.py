@@ -124,3 +124,12 @@ def test_require_tls_refuses_mail_before_starttls(
         assert len(srv.queue.ids()) == 1
         # No users: AUTH is not offered even over TLS.
         assert client.docmd("AUTH", "PLAIN")[0] == 503
+
+
+def test_mechanism_names_are_case_insensitive(tmp_path: Path, certificates: Certificates) -> None:
+    config = auth_config(tmp_path, certificates)
+    with InProcessServer(config) as srv, smtplib.SMTP(*srv.smtp, timeout=10) as client:
+        client.starttls(context=certificates.client_context())
+        client.ehlo("client")
+        code, _ = client.docmd("AUTH", f"plain {plain('app', PASSWORD)}")
+        assert code == 235
