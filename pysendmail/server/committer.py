@@ -87,7 +87,11 @@ def write_one(
     try:
         pending = queue.begin(queue_id)
         try:
-            envelope = receive(io.BytesIO(data), pending.file, options)
+            # The file is built in memory (the message is, already) and written
+            # once: the intake's seeks and tells would each be a system call.
+            built = io.BytesIO()
+            envelope = receive(io.BytesIO(data), built, options)
+            pending.file.write(built.getbuffer())
         except BaseException:
             pending.abort()
             raise
