@@ -210,57 +210,23 @@ def child_main(fd: int, queue_root: str) -> int:
 # --------------------------------------------------------------------------- the listener's side
 
 
-class GroupCommitter(asyncio.Protocol):
-    """The listener's end: hands each submission to the child, resolves its reply.
+#: How many commit processes: each runs the intake and commits on a core of
+#: its own; two keep the disk busy while one of them computes.
+COMMIT_PROCESSES = max(1, min(2, os.cpu_count() or 1))
 
-    ``__call__`` is the ``group_submit`` of ``Handler``: it takes a
-    submission whose data is in memory and returns the future of its reply,
-    or ``None`` (the data is in a file, or the child is gone) so that the
-    caller commits it in a thread as before. Runs in the event loop's thread.
-    """
+_TRY_AGAIN = "451 4.3.0 Cannot queue the message now, try again later"
 
-    def __init__(
-        self, queue_root: str, policy: Policy, submitter: QueueSubmitter, log: Any
-    ) -> None:
-        self.queue_root = queue_root
-        self.policy = policy
-        self.submitter = submitter
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+
+class _Child(asyncio.Protocol):
+    """One commit process, seen from the listener: its socket and its messages under way."""
+
+    def __init__(self, owner: GroupCommitter, proc: subprocess.Popen[bytes]) -> None:
+        self.owner = owner
+        self.proc = proc
         self.transport: asyncio.Transport | None = None
         self.outstanding: dict[int, tuple[Submission, asyncio.Future[str]]] = {}
-        self.seq = 0
         self.sent_policy: Policy | None = None
         self.frames = FrameBuffer()
-        self.idle: asyncio.Event | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.closing = False
-
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        parent, child = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pysendmail.server.committer",
-                    str(child.fileno()),
-                    self.queue_root,
-                ],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        self.loop = loop
-        self.idle = asyncio.Event()
-        self.idle.set()
-        await loop.connect_accepted_socket(lambda: self, sock=parent)
-
-    # -- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -270,34 +236,107 @@ class GroupCommitter(asyncio.Protocol):
         try:
             found = self.frames.feed(data)
         except FrameError as exc:
-            self._died(f"the commit process sent {exc}")
+            self.owner._died(self, f"a commit process sent {exc}")
             return
         for results in found:
-            self._answer(results)  # type: ignore[arg-type]
+            self.owner._answer(self, results)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if not self.closing or self.outstanding:
-            self._died("the commit process is gone")
+        if not self.owner.closing or self.outstanding:
+            self.owner._died(self, "a commit process is gone")
+
+
+class GroupCommitter:
+    """The listener's end: hands each submission to a commit process, resolves its reply.
+
+    ``__call__`` is the ``group_submit`` of ``Handler``: it takes a
+    submission whose data is in memory and returns the future of its reply,
+    or ``None`` (the data is in a file, or every commit process is gone) so
+    that the caller commits it in a thread as before. A message goes to the
+    process with the fewest messages under way. Runs in the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        queue_root: str,
+        policy: Policy,
+        submitter: QueueSubmitter,
+        log: Any,
+        processes: int = COMMIT_PROCESSES,
+    ) -> None:
+        self.queue_root = queue_root
+        self.policy = policy
+        self.submitter = submitter
+        self.log = log
+        self.processes = max(1, processes)
+        self.children: list[_Child] = []
+        self.dead: list[subprocess.Popen[bytes]] = []
+        #: The intake options of a policy, as a frame (made once per policy).
+        self._options: tuple[Policy | None, bytes] = (None, b"")
+        self.seq = 0
+        self.idle: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the commit processes. Raises ``OSError`` when none can start."""
+        self.loop = loop
+        self.idle = asyncio.Event()
+        self.idle.set()
+        for _ in range(self.processes):
+            parent, child = socket.socketpair()
+            try:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pysendmail.server.committer",
+                        str(child.fileno()),
+                        self.queue_root,
+                    ],
+                    pass_fds=(child.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            except BaseException:
+                parent.close()
+                if self.children:
+                    break  # fewer processes: still a group commit
+                raise
+            finally:
+                child.close()
+            one = _Child(self, proc)
+            self.children.append(one)
+            await loop.connect_accepted_socket(lambda one=one: one, sock=parent)  # type: ignore[misc]
 
     # -- the listener's calls --------------------------------------------------
 
     def __call__(self, submission: Submission) -> asyncio.Future[str] | None:
-        transport, loop = self.transport, self.loop
-        if transport is None or loop is None or self.closing or transport.is_closing():
+        loop = self.loop
+        if loop is None or self.closing:
+            return None
+        live = [
+            c for c in self.children if c.transport is not None and not c.transport.is_closing()
+        ]
+        if not live:
             return None
         data = submission.spool.memory()
         if data is None:
             return None
+        child = min(live, key=lambda c: len(c.outstanding))
+        transport = child.transport
+        assert transport is not None
         submission.spool.close()
-        if self.sent_policy is not self.policy:
-            options = self.policy.intake_options(None, [], None)
-            transport.write(frame(("options", options)))
-            self.sent_policy = self.policy
+        if child.sent_policy is not self.policy:
+            if self._options[0] is not self.policy:
+                options = self.policy.intake_options(None, [], None)
+                self._options = (self.policy, frame(("options", options)))
+            transport.write(self._options[1])
+            child.sent_policy = self.policy
         self.seq += 1
         seq = self.seq
         future: asyncio.Future[str] = loop.create_future()
-        self.outstanding[seq] = (submission, future)
+        child.outstanding[seq] = (submission, future)
         if self.idle is not None:
             self.idle.clear()
         transport.write(
@@ -318,9 +357,14 @@ class GroupCommitter(asyncio.Protocol):
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
 
-    def _answer(self, results: list[Result]) -> None:
+    @property
+    def outstanding(self) -> int:
+        """Messages handed to a commit process and not answered yet."""
+        return sum(len(c.outstanding) for c in self.children)
+
+    def _answer(self, child: _Child, results: list[Result]) -> None:
         for seq, reply, text, level, queue_id, sender, size, nrcpt in results:
-            item = self.outstanding.pop(seq, None)
+            item = child.outstanding.pop(seq, None)
             if item is None:
                 continue
             submission, future = item
@@ -330,34 +374,44 @@ class GroupCommitter(asyncio.Protocol):
                 self.submitter.accepted(submission, queue_id, sender, size, nrcpt)
             if not future.done():
                 future.set_result(reply)
-        if not self.outstanding and self.idle is not None:
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self.idle is not None and not any(c.outstanding for c in self.children):
             self.idle.set()
 
-    def _died(self, why: str) -> None:
+    def _died(self, child: _Child, why: str) -> None:
+        if child in self.children:
+            self.children.remove(child)
         if not self.closing:
-            self.log.line(f"{why}; committing in threads from now on", "error")
-        transport, self.transport = self.transport, None
+            rest = "the others go on" if self.children else "committing in threads from now on"
+            self.log.line(f"{why}; {rest}", "error")
+        transport, child.transport = child.transport, None
         if transport is not None:
             transport.abort()
-        outstanding, self.outstanding = self.outstanding, {}
+        outstanding, child.outstanding = child.outstanding, {}
         for _submission, future in outstanding.values():
             if not future.done():
-                future.set_result("451 4.3.0 Cannot queue the message now, try again later")
-        if self.idle is not None:
-            self.idle.set()
+                future.set_result(_TRY_AGAIN)
+        if child.proc.poll() is None and not self.closing:
+            child.proc.kill()
+        self.dead.append(child.proc)  # reaped by close()
+        self._maybe_idle()
 
     async def close(self) -> None:
-        """Wait for the messages under way, then let the child finish and exit."""
+        """Wait for the messages under way, then let the processes finish and exit."""
         if self.idle is not None:
             await self.idle.wait()
         self.closing = True
-        transport, self.transport = self.transport, None
-        if transport is not None:
-            transport.close()
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            loop = asyncio.get_running_loop()
+        children = list(self.children)
+        for child in children:
+            transport, child.transport = child.transport, None
+            if transport is not None:
+                transport.close()
+        loop = asyncio.get_running_loop()
+        for proc in [c.proc for c in children] + self.dead:
             await loop.run_in_executor(None, proc.wait)
+        self.children, self.dead = [], []
 
 
 if __name__ == "__main__":

@@ -144,9 +144,11 @@ def _submission(tmp_path: Path, data: bytes) -> Submission:
     return Submission("a@example.com", ["b@example.org"], spool, None, "unix", None, None)
 
 
-def _committer(queue: Queue) -> tuple[GroupCommitter, _Submitter, _Log, _Policy]:
+def _committer(
+    queue: Queue, processes: int = 2
+) -> tuple[GroupCommitter, _Submitter, _Log, _Policy]:
     submitter, log, policy = _Submitter(), _Log(), _Policy()
-    group = GroupCommitter(queue.root, policy, submitter, log)  # type: ignore[arg-type]
+    group = GroupCommitter(queue.root, policy, submitter, log, processes)  # type: ignore[arg-type]
     return group, submitter, log, policy
 
 
@@ -161,8 +163,9 @@ def test_the_commit_process_answers_each_message_after_its_commit(tmp_path: Path
         futures.append(group(_submission(tmp_path, b"Subject: \x00\r\n\r\nx\r\n")))
         assert all(f is not None for f in futures)
         replies = list(await asyncio.gather(*[f for f in futures if f is not None]))
+        assert len(group.children) == 2
         await group.close()
-        assert policy.made == 1  # the options went once
+        assert policy.made == 1  # the options were made once, sent to each process once
         assert len(submitter.queued) == 30
         assert [level for _, level in log.lines] == ["warning"]  # the refused one
         return replies
@@ -180,21 +183,43 @@ def test_a_dead_commit_process_means_451_then_threads(tmp_path: Path) -> None:
     queue.begin(make_queue_id()).abort()
 
     async def main() -> None:
-        group, _submitter, log, _policy = _committer(queue)
+        group, _submitter, log, _policy = _committer(queue, processes=1)
         await group.start(asyncio.get_running_loop())
-        assert group.proc is not None
+        (child,) = group.children
         first = group(_submission(tmp_path, BODY))
         assert first is not None
         assert (await first).startswith("250 ")
-        group.proc.send_signal(signal.SIGSTOP)  # it cannot answer what comes next
+        child.proc.send_signal(signal.SIGSTOP)  # it cannot answer what comes next
         pending = group(_submission(tmp_path, BODY))
         assert pending is not None
-        group.proc.kill()
+        child.proc.kill()
         assert await asyncio.wait_for(pending, 30) == (
             "451 4.3.0 Cannot queue the message now, try again later"
         )
-        assert any("the commit process is gone" in text for text, _ in log.lines)
+        assert any("a commit process is gone; committing in threads" in t for t, _ in log.lines)
         assert group(_submission(tmp_path, BODY)) is None  # the caller commits in a thread
+        await group.close()
+
+    asyncio.run(main())
+
+
+def test_when_one_commit_process_dies_the_other_goes_on(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()
+
+    async def main() -> None:
+        group, _submitter, log, _policy = _committer(queue, processes=2)
+        await group.start(asyncio.get_running_loop())
+        victim = group.children[0]
+        victim.proc.kill()
+        victim.proc.wait()
+        await asyncio.sleep(0.2)  # its socket's end reaches the loop
+        assert group.children == [c for c in group.children if c is not victim]
+        futures = [group(_submission(tmp_path, BODY)) for _ in range(5)]
+        assert all(f is not None for f in futures)
+        replies = await asyncio.gather(*[f for f in futures if f is not None])
+        assert all(r.startswith("250 ") for r in replies)
+        assert any("a commit process is gone; the others go on" in t for t, _ in log.lines)
         await group.close()
 
     asyncio.run(main())
