@@ -155,8 +155,10 @@ class Kills:
         with self.server.lock:
             received = self.server.messages[self.seen :]
         self.seen += len(received)
+        this_run: set[str] = set()
         for message in received:
             mid = parse(message.data)["Message-ID"]
+            this_run.add(mid)
             for rcpt in message.rcpt_tos:
                 self.accepted[(mid, rcpt)] += 1
         accepted = self.accepted
@@ -179,7 +181,13 @@ class Kills:
             # permitted duplicate. The next run sends this copy again.
             self.unrecorded.setdefault((mid, rcpt), set()).add(count)
             window += 1
-            messages_in_window.add(mid)
+            # Counted against the connections of the run just killed only when
+            # that run sent it: an unrecorded copy left by an earlier kill may
+            # still wait in the queue, because a one-shot run deals its messages
+            # to its worker processes round-robin, so one worker can have it
+            # ahead while the other already has a new message in flight.
+            if mid in this_run:
+                messages_in_window.add(mid)
         if window:
             self.landed_in_window += 1
         self.most_unrecorded = max(self.most_unrecorded, len(messages_in_window))
