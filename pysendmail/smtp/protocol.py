@@ -354,8 +354,8 @@ _ANY = range(1000)
 # any other reply (None: the state stays as it was). Two rules stand above the
 # table (``_advance``): a 421 closes the session after any command, and an
 # accepted RSET before EHLO leaves the server still waiting for EHLO. Data,
-# not functions:
-# looking a transition up costs no call, on the path of every reply.
+# not functions: looking a transition up costs no call, on the path of every
+# reply.
 _TRANSITIONS: "dict[type[Command], tuple[range | tuple[int, ...], State | None, State | None]]" = {
     # A 554 greeting still leaves the server waiting for QUIT.
     _Greeting: (_ANY, CONNECTED, None),
