@@ -13,7 +13,7 @@ PYTEST_FLAGS ?=
 
 all: check
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard scripts/*)
 	@if ! $(PYTHON) -m venv $(VENV) >/dev/null 2>&1; then \
 		echo "python3 -m venv failed; installing Debian's python3-venv"; \
 		rm -rf $(VENV); \

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -544,26 +545,10 @@ def _split_path(text: str) -> tuple[str, str] | None:
     return None
 
 
-#: ``parse_path`` of the arguments seen lately: clients send the same few
-#: MAIL FROM and RCPT TO paths again and again. Bounded: cleared when full.
-_PATHS: dict[str, tuple[str | None, str | None]] = {}
-_PATHS_MAX = 4096
-
-
+# Cached: clients send the same few MAIL FROM and RCPT TO paths again and again.
+@functools.lru_cache(maxsize=4096)
 def parse_path(arg: str) -> tuple[str | None, str | None]:
     """aiosmtpd's ``_getaddr`` contract, strict (see ``SMTPSession._getaddr``)."""
-    try:
-        return _PATHS[arg]
-    except KeyError:
-        pass
-    found = _parse_path(arg)
-    if len(_PATHS) >= _PATHS_MAX:
-        _PATHS.clear()
-    _PATHS[arg] = found
-    return found
-
-
-def _parse_path(arg: str) -> tuple[str | None, str | None]:
     from pysendmail.message.addresses import parse_address_list
 
     text = arg.lstrip()
@@ -610,8 +595,6 @@ class _Commands(dict[str, Any]):
         self._wrapped: dict[str, Any] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
-        import functools
-
         wrapped = self._wrapped.get(key)
         if wrapped is not None:
             return wrapped
@@ -631,24 +614,10 @@ class _Commands(dict[str, Any]):
         return checked
 
 
-#: ``_check_sender`` of the senders that passed lately, by (address, domain).
-_SENDERS: dict[tuple[str, str], str] = {}
-_SENDERS_MAX = 4096
-
-
+# Cached (a refused address raises, and is never kept).
+@functools.lru_cache(maxsize=4096)
 def _check_sender(address: str, domain: str) -> str:
     """A MAIL FROM address checked as ``sendmail -f`` is; a bare name qualified with ``domain``."""
-    key = (address, domain)
-    found = _SENDERS.get(key)
-    if found is None:
-        found = _qualify_sender(address, domain)  # raises for a bad one: never kept
-        if len(_SENDERS) >= _SENDERS_MAX:
-            _SENDERS.clear()
-        _SENDERS[key] = found
-    return found
-
-
-def _qualify_sender(address: str, domain: str) -> str:
     from pysendmail.message.addresses import (
         check_local_part,
         check_mailbox,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import functools
 import ipaddress
 import os
 import threading
@@ -84,12 +85,6 @@ def local_hostnames(settings: Settings) -> frozenset[str]:
     return frozenset(names)
 
 
-#: ``client_ip`` of the peer addresses seen lately (a pod has few clients; each
-#: session asks several times). Bounded: cleared when full.
-_IPS: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
-_IPS_MAX = 1024
-
-
 def client_ip(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP address of an asyncio peername; None for a unix socket or a pipe.
 
@@ -97,18 +92,11 @@ def client_ip(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     """
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return None
-    raw = peer[0]
-    try:
-        return _IPS[raw]
-    except KeyError:
-        pass
-    found = _parse_ip(raw)
-    if len(_IPS) >= _IPS_MAX:
-        _IPS.clear()
-    _IPS[raw] = found
-    return found
+    return _parse_ip(peer[0])
 
 
+# Cached: a pod has few clients, and each session asks several times.
+@functools.lru_cache(maxsize=1024)
 def _parse_ip(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     host = raw.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
     try:
