@@ -251,9 +251,71 @@ def run_serve(tools: Tools, relay_port: int, sink: Sink | None) -> tuple[float, 
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)
+        os.sync()  # the next subject does not pay for this one's removals
     if status != 0 or err:
         raise BenchError(f"pysendmail serve exited {status}: {err[-500:]}")
     return rate, hwm, drained
+
+
+def run_commit_floor(processes: int = 1) -> float:
+    """One round of the disk alone: what serve's commits cost without SMTP or intake (msg/s).
+
+    ``processes`` child processes at once (serve runs two commit processes on
+    two cores) each write COUNT files of SIZE octets into ``tmp/`` of a fresh
+    folder under bench/.work, in groups of SESSIONS: each file created
+    ``O_EXCL``, written, fsynced, linked into ``queue/`` and unlinked from
+    ``tmp/``, then ``queue/`` fsynced once per group — the system calls of a
+    group commit and nothing else (no Python intake, no SMTP). The rate is the
+    sum of theirs. The folders are removed and the file system synced before
+    the next subject starts.
+    """
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    directories = [Path(tempfile.mkdtemp(prefix="floor-", dir=WORK_DIR)) for _ in range(processes)]
+    try:
+        children = [
+            subprocess.Popen(
+                python_cmd(THIS, "--commit-floor", str(d)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for d in directories
+        ]
+        total = 0.0
+        for child in children:
+            out, err = child.communicate(timeout=300)
+            if child.returncode != 0:
+                raise BenchError(f"commit floor failed: {err.decode(errors='replace')}")
+            total += float(out)
+        return total
+    finally:
+        for d in directories:
+            shutil.rmtree(d, ignore_errors=True)
+        os.sync()
+
+
+def _commit_floor(directory: str) -> float:
+    tmp, queue = os.path.join(directory, "tmp"), os.path.join(directory, "queue")
+    os.mkdir(tmp)
+    os.mkdir(queue)
+    data = b"x" * SIZE
+    started = time.perf_counter()
+    for group in range(COUNT // SESSIONS):
+        for n in range(SESSIONS):
+            name = f"{group}.{n}"
+            fd = os.open(os.path.join(tmp, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(os.path.join(tmp, name), os.path.join(queue, name))
+            os.unlink(os.path.join(tmp, name))
+        fd = os.open(queue, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return COUNT / (time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- the report
@@ -275,6 +337,8 @@ def run(tools: Tools, *, rounds: int = 3) -> Section:
     sink_series = Series("bare aiosmtpd sink (250 to every DATA, keeps nothing)")
     serve_series = Series("pysendmail serve, delivering to smtp-sink meanwhile")
     alone_series = Series("pysendmail serve, relay stalled (the listener alone)")
+    floor_series = Series("the disk alone: the same commits, no SMTP, no intake (one process)")
+    floor2_series = Series("the disk alone, two such processes at once (their sum)")
     with Sink(tools.smtp_sink) as sink:
         run_aiosmtpd_sink(tools)  # warm-up: page cache, the interpreter's files
         run_serve(tools, sink.port, sink)
@@ -294,14 +358,16 @@ def run(tools: Tools, *, rounds: int = 3) -> Section:
                 staller.close()
             alone_series.rates.append(rate)
             alone_series.hwm_kib.append(hwm)
+            floor_series.rates.append(run_commit_floor())
+            floor2_series.rates.append(run_commit_floor(2))
     base = sink_series.rate.median
-    for series in (sink_series, serve_series, alone_series):
+    for series in (sink_series, serve_series, alone_series, floor_series, floor2_series):
         section.rows.append(
             (
                 series.label,
                 series.rate.fmt(digits=0),
                 f"{series.rate.median / base:.2f}×",
-                f"{max(series.hwm_kib) / 1024:.1f} MiB",
+                f"{max(series.hwm_kib) / 1024:.1f} MiB" if series.hwm_kib else "—",
                 summarize(series.drained_s).fmt(" s", digits=1) if series.drained_s else "—",
             )
         )
@@ -327,6 +393,12 @@ def run(tools: Tools, *, rounds: int = 3) -> Section:
     section.notes.append(
         "serve logs one JSON line per accepted message and per delivery (log level info, as "
         "deployed), to a pipe that is read and dropped"
+    )
+    section.notes.append(
+        f"'the disk alone': {COUNT} files of {SIZE} octets created, written, fsynced, linked "
+        f"into queue/ and unlinked from tmp/, queue/ fsynced once per {SESSIONS} (serve's "
+        "group commit without the intake and without SMTP), by one Python process in a loop: "
+        "the rate one commit process could reach on this disk if its own work cost nothing"
     )
     return section
 
@@ -354,10 +426,16 @@ async def _serve_sink(port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bench_serve.py --aiosmtpd-sink PORT``: the bare sink, as a child process."""
+    """``--aiosmtpd-sink PORT``: the bare sink; ``--commit-floor DIR``: the disk alone."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--aiosmtpd-sink", type=int, required=True, metavar="PORT")
+    parser.add_argument("--aiosmtpd-sink", type=int, metavar="PORT")
+    parser.add_argument("--commit-floor", metavar="DIR")
     args = parser.parse_args(argv)
+    if args.commit_floor is not None:
+        print(f"{_commit_floor(args.commit_floor):.3f}")
+        return 0
+    if args.aiosmtpd_sink is None:
+        parser.error("--aiosmtpd-sink or --commit-floor")
     import logging
 
     logging.getLogger("mail.log").addHandler(logging.NullHandler())

@@ -465,16 +465,23 @@ class Runner:
         if failure is not None:
             raise failure
 
-    def _child(self, share: list[str], forced: bool, report_fd: int) -> int:
-        """A worker process's whole life after ``fork``: its share of the run, then a report."""
-        import json
+    def deliver(
+        self, ids: list[str], *, forced: bool = False
+    ) -> tuple[RunSummary, tuple[str, str] | None]:
+        """Deliver exactly ``ids`` here, without housekeeping: a worker process's share.
 
+        Returns the counts, and what stopped the run, if anything:
+        ``("state", text)`` when a state could not be recorded or a removal
+        made durable (``StateWriteError``), ``("other", text)`` for anything
+        else. Bounces queued meanwhile are delivered in the same call.
+        """
         summary = RunSummary()
         error: tuple[str, str] | None = None
+        self._suspended.clear()
         removals = Removals(self.queue)
         try:
             try:
-                self._work(_Feed(share, forced=forced, removals=removals), summary)
+                self._work(_Feed(ids, forced=forced, removals=removals), summary)
             finally:
                 try:
                     removals.close()
@@ -484,6 +491,13 @@ class Runner:
             error = ("state", str(exc))
         except BaseException as exc:
             error = ("other", f"{type(exc).__name__}: {exc}")
+        return summary, error
+
+    def _child(self, share: list[str], forced: bool, report_fd: int) -> int:
+        """A worker process's whole life after ``fork``: its share of the run, then a report."""
+        import json
+
+        summary, error = self.deliver(share, forced=forced)
         report = {name: getattr(summary, name) for name in RunSummary.__slots__}
         data = json.dumps({"summary": report, "error": error}).encode()
         with contextlib.suppress(OSError, ValueError):

@@ -125,29 +125,6 @@ class WorkerRunner(Runner):
             return
         super()._one(queue_id, relay, summary, feed)
 
-    def deliver(self, ids: list[str], forced: bool) -> tuple[RunSummary, tuple[str, str] | None]:
-        """Deliver ``ids`` in this process: the counts, and what stopped the run, if anything."""
-        from pysendmail.queue.removals import Removals
-        from pysendmail.runner import _Feed, _not_durable
-
-        summary = RunSummary()
-        error: tuple[str, str] | None = None
-        self._suspended.clear()
-        removals = Removals(self.queue)
-        try:
-            try:
-                self._work(_Feed(ids, forced=forced, removals=removals), summary)
-            finally:
-                try:
-                    removals.close()
-                except OSError as exc:
-                    raise _not_durable(exc) from exc
-        except StateWriteError as exc:
-            error = ("state", str(exc))
-        except Exception as exc:
-            error = ("other", f"{type(exc).__name__}: {exc}")
-        return summary, error
-
 
 def worker_main(fd: int) -> int:
     """A worker's life: settings, then runs, until its socket ends."""
@@ -175,7 +152,7 @@ def worker_main(fd: int) -> int:
                     runner.kept.really_close()
                 runner = WorkerRunner(got[1], log, stopping)
             elif got[0] == "run" and runner is not None:
-                summary, error = runner.deliver(list(got[1]), bool(got[2]))
+                summary, error = runner.deliver(list(got[1]), forced=bool(got[2]))
                 counts = {name: getattr(summary, name) for name in RunSummary.__slots__}
                 sock.sendall(frame(("done", counts, error)))
     except (OSError, FrameError):
