@@ -10,7 +10,7 @@ import stat
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -315,6 +315,28 @@ def test_an_ignored_sighup_stays_ignored_as_under_nohup(tmp_path: pathlib.Path) 
     assert len(queue_files(q)) == 1
 
 
+def _feed(stdin: IO[bytes], data: bytes) -> None:
+    """Write ``data`` in two parts 100 ms apart, then close the pipe, whatever happens.
+
+    A child that the signal has stopped already has closed its end, so a write
+    fails with EPIPE (Python ignores SIGPIPE): an expected outcome, not an
+    error. The pipe must be unbuffered: a buffered one whose ``flush`` failed
+    kept the octets, stayed open, and its ResourceWarning when collected
+    failed the test under -W error. Unbuffered, each ``write`` is one write(2)
+    of fewer than PIPE_BUF octets (atomic: all or EPIPE) and ``close`` has
+    nothing to flush, so it cannot fail and always runs.
+    """
+    head, tail = data[:60], data[60:]
+    try:
+        assert stdin.write(head) == len(head)
+        time.sleep(0.1)
+        assert stdin.write(tail) == len(tail)
+    except BrokenPipeError:
+        pass
+    finally:
+        stdin.close()
+
+
 def test_a_signal_at_any_instant_never_leaves_a_partial_file(tmp_path: pathlib.Path) -> None:
     # SIGTERM, SIGINT or SIGHUP at a random moment of a run, 60 times: each run
     # ends queued (exit 0), or with nothing kept (75, or killed by the default
@@ -330,23 +352,26 @@ def test_a_signal_at_any_instant_never_leaves_a_partial_file(tmp_path: pathlib.P
 
     def one(subject: str, delay: float | None, signum: int) -> tuple[str, int, int]:
         data = message(subject, b"x" * 70 + b"\r\n")
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        timer = None
-        if delay is not None:
-            timer = threading.Timer(delay, proc.send_signal, (signum,))
-            timer.start()
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(data[:60])
-            proc.stdin.flush()
-            time.sleep(0.1)
-            proc.stdin.write(data[60:])
-            proc.stdin.close()
-        except OSError:
-            pass
-        code = proc.wait(30)
-        if timer is not None:
-            timer.cancel()
+        # Unbuffered: see _feed. The ``with`` reaps the child on every way out.
+        with subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0
+        ) as proc:
+            timer = None
+            if delay is not None:
+                timer = threading.Timer(delay, proc.send_signal, (signum,))
+                timer.start()
+            try:
+                assert proc.stdin is not None
+                _feed(proc.stdin, data)
+                code = proc.wait(30)
+            finally:
+                if timer is not None:
+                    # A timer that already fired may still be signalling:
+                    # never let it outlive the run it belongs to.
+                    timer.cancel()
+                    timer.join()
+                if proc.returncode is None:  # the wait timed out or the feed failed
+                    proc.kill()
         return subject, code, signum
 
     one("warm", None, 0)
