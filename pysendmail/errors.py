@@ -212,6 +212,24 @@ class SMTPServerDisconnected(SMTPError, ConnectionError):
     default_temporary = True
 
 
+class SMTPResetError(SMTPServerDisconnected):
+    """The session could not be reset for the next message; it is closed, nothing was sent.
+
+    Raised by ``SMTP.send_message(..., reset=True)`` (and ``open_message_stream``)
+    when RSET was refused, went unanswered (the connection ended or timed
+    out, or the server said 421), or the session was over already; and by
+    ``SMTP.rset()`` when RSET was refused. ``response`` is the reply to RSET
+    when there was one. The connection is closed without any message body
+    being ended, so the server delivered nothing of the message, and a new
+    session may carry it (the relay does so). It is temporary whatever the
+    reply said: it is about the session, not about the message.
+    """
+
+    @property
+    def temporary(self) -> bool:
+        return True
+
+
 class SMTPConnectError(SMTPError, ConnectionError):
     """The TCP connection could not be opened (refused, unreachable, name unknown)."""
 

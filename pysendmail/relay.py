@@ -32,7 +32,7 @@ import time
 
 from pysendmail import errors
 from pysendmail.smtp.address import Address
-from pysendmail.smtp.client import SMTP, SMTPResetError
+from pysendmail.smtp.client import SMTP
 from pysendmail.smtp.encoder import DEFAULT_CHUNK_SIZE
 
 # Direct mode imports this module on every message: no typing, collections or
@@ -274,7 +274,7 @@ class Relay:
                 message.seek(start)
                 try:
                     self._transaction(smtp, envelope, by_address, wanted, message, report, True)
-                except SMTPResetError:
+                except errors.SMTPResetError:
                     # Closed before any byte of the message was sent: nothing can
                     # be duplicated, so a fresh session carries it.
                     self._drop(key)

@@ -12,8 +12,7 @@ The pieces: ``client`` (the blocking ``SMTP`` class), ``protocol`` (the
 sans-I/O session core it drives), ``reply`` (``Response`` and its bounded
 parser), ``address`` (envelope addresses with ESMTP parameters), ``encoder``
 (CRLF normalisation and dot-stuffing, streamed), ``auth`` (SASL mechanisms).
-Every SMTP error class of ``pysendmail.errors`` is re-exported here, and
-``SMTPResetError`` (``client``) beside them.
+Every SMTP error class of ``pysendmail.errors`` is re-exported here.
 
 This package imports nothing from the rest of the project but ``errors``, and
 it must stay that way: it is a library of its own. The names are loaded on
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
         SMTPOpenTimeout,
         SMTPReadTimeout,
         SMTPRecipientsRefused,
+        SMTPResetError,
         SMTPSecurityError,
         SMTPServerBusy,
         SMTPServerDisconnected,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
         error_for_reply,
     )
     from pysendmail.smtp.address import Address
-    from pysendmail.smtp.client import SMTP, MessageWriter, SendResult, SMTPResetError
+    from pysendmail.smtp.client import SMTP, MessageWriter, SendResult
     from pysendmail.smtp.protocol import ClientProtocol, LocalProtocolError
     from pysendmail.smtp.reply import Capabilities, Response, SMTPProtocolError
 
@@ -61,6 +61,7 @@ _ERRORS = (
     "SMTPOpenTimeout",
     "SMTPReadTimeout",
     "SMTPRecipientsRefused",
+    "SMTPResetError",
     "SMTPSecurityError",
     "SMTPServerBusy",
     "SMTPServerDisconnected",
@@ -80,7 +81,6 @@ _HOMES: dict[str, str] = {
     "SMTP": "pysendmail.smtp.client",
     "MessageWriter": "pysendmail.smtp.client",
     "SendResult": "pysendmail.smtp.client",
-    "SMTPResetError": "pysendmail.smtp.client",
     "ClientProtocol": "pysendmail.smtp.protocol",
     "LocalProtocolError": "pysendmail.smtp.protocol",
     "Capabilities": "pysendmail.smtp.reply",

@@ -67,6 +67,7 @@ from pysendmail.errors import (
     SMTPError,
     SMTPOpenTimeout,
     SMTPRecipientsRefused,
+    SMTPResetError,
     SMTPSecurityError,
     SMTPServerDisconnected,
     SMTPUnsupportedCommand,
@@ -151,6 +152,8 @@ if TYPE_CHECKING:
 
 
 # StartTLSMode is a name for type checkers only (it needs typing.Literal).
+# SMTPResetError lives in ``pysendmail.errors``; it is re-exported for the
+# callers that import it from here, where it used to be defined.
 __all__ = ["SMTP", "MessageWriter", "SMTPResetError", "SendResult"]
 
 #: A hostile server could send 334 for ever; no real mechanism needs more.
@@ -160,24 +163,6 @@ _QUIT_STATES = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
 _TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 #: RSET has no argument: one object serves every reset.
 _RSET = Rset()
-
-
-class SMTPResetError(SMTPServerDisconnected):
-    """The session could not be reset for the next message; it is closed, nothing was sent.
-
-    Raised by ``send_message(..., reset=True)`` (and ``open_message_stream``)
-    when RSET was refused, went unanswered (the connection ended or timed
-    out, or the server said 421), or the session was over already; and by
-    ``rset()`` when RSET was refused. ``response`` is the reply to RSET when
-    there was one. The connection is closed without any message body being
-    ended, so the server delivered nothing of the message, and a new session
-    may carry it. It is temporary whatever the reply said: it is about the
-    session, not about the message.
-    """
-
-    @property
-    def temporary(self) -> bool:
-        return True
 
 
 class _StartDescriptor:

@@ -18,9 +18,10 @@ import pytest
 from pysendmail.errors import (
     SMTPMessageTooLarge,
     SMTPReadTimeout,
+    SMTPResetError,
     SMTPServerDisconnected,
 )
-from pysendmail.smtp import SMTP, SMTPResetError
+from pysendmail.smtp import SMTP
 from pysendmail.smtp.protocol import Noop, Rset, State
 from tests.support.smtpd import Peer, RecordingServer, ScriptedServer
 

@@ -79,6 +79,23 @@ def test_importing_the_package_loads_only_the_package() -> None:
     assert "_socket" not in loaded
 
 
+def test_the_reset_error_is_one_class_in_errors_and_costs_no_client() -> None:
+    # Defined in pysendmail.errors with the other SMTP errors; the package and
+    # the client (its home before) re-export that very class. Catching it must
+    # not load the client: ``except SMTPResetError`` in a caller that never
+    # opened a session costs nothing.
+    loaded = loaded_after(
+        "import pysendmail.errors as e\n"
+        "from pysendmail.smtp import SMTPResetError\n"
+        "assert SMTPResetError is e.SMTPResetError\n"
+        "assert SMTPResetError.__module__ == 'pysendmail.errors'\n"
+        "assert 'pysendmail.smtp.client' not in sys.modules\n"
+        "from pysendmail.smtp.client import SMTPResetError as old_home\n"
+        "assert old_home is SMTPResetError\n"
+    )
+    assert "pysendmail.smtp.client" in loaded
+
+
 def plain_session(peer: Peer) -> None:
     # No STARTTLS offered: "auto" must then stay in plaintext without ssl.
     peer.handshake("PIPELINING", "8BITMIME", "SIZE 100000")
