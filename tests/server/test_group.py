@@ -14,6 +14,7 @@ import pytest
 
 from pysendmail.errors import IOFailure
 from pysendmail.message.intake import IntakeOptions, make_queue_id, receive
+from pysendmail.queue.commit import Pending
 from pysendmail.queue.group import commit_group
 from pysendmail.queue.spool import Queue
 from pysendmail.server.committer import GroupCommitter, commit_written, write_one
@@ -30,14 +31,20 @@ def _options(queue_id: str) -> IntakeOptions:
     return options
 
 
-def test_commit_group_links_all_and_aborts_an_incomplete_one(tmp_path: Path) -> None:
-    queue = Queue(str(tmp_path / "spool"))
+def _written(queue: Queue, count: int) -> list[Pending]:
+    """``count`` messages written into ``tmp/`` by the intake, not committed."""
     pendings = []
-    for _ in range(3):
+    for _ in range(count):
         queue_id = make_queue_id()
         pending = queue.begin(queue_id)
         receive(io.BytesIO(BODY), pending.file, _options(queue_id))
         pendings.append(pending)
+    return pendings
+
+
+def test_commit_group_links_all_and_aborts_an_incomplete_one(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    pendings = _written(queue, 3)
     pendings[1].file.write(b"trailing garbage")  # no longer the size its envelope says
     results = commit_group(pendings)
     assert results[0] is None and results[2] is None
@@ -71,12 +78,7 @@ def test_a_failed_folder_sync_withdraws_every_linked_message(
     from pysendmail.queue import group
 
     queue = Queue(str(tmp_path / "spool"))
-    pendings = []
-    for _ in range(3):
-        queue_id = make_queue_id()
-        pending = queue.begin(queue_id)
-        receive(io.BytesIO(BODY), pending.file, _options(queue_id))
-        pendings.append(pending)
+    pendings = _written(queue, 3)
 
     def broken(path: str) -> None:
         raise OSError(errno.EIO, "Input/output error", path)
