@@ -93,17 +93,6 @@ def logger_for(settings: "Settings", inv: "Invocation", io: "Streams") -> "Logge
     )
 
 
-def local_hostnames(settings: "Settings") -> frozenset[str]:
-    """The names under which an address counts as this machine's (mutt writes root@<short name>)."""
-    names = {"localhost", "localhost.localdomain"}
-    for raw in (os.uname().nodename, settings.general.hostname):
-        if raw:
-            name = raw.lower().rstrip(".")
-            names.add(name)
-            names.add(name.split(".", 1)[0])
-    return frozenset(names)
-
-
 def _aliases_cache_name(path: str) -> str:
     from pysendmail.config.snapshot import snapshot_name
 
@@ -144,7 +133,7 @@ def compile_aliases(path: str, aliases: "Aliases", environ: "dict[str, str]") ->
 
 
 def intake_options(inv: "Invocation", settings: "Settings", io: "Streams") -> "IntakeOptions":
-    from pysendmail.message.intake import IntakeOptions
+    from pysendmail.message.intake import IntakeOptions, local_hostnames
 
     general = settings.general
     rewrite = settings.rewrite
@@ -160,7 +149,7 @@ def intake_options(inv: "Invocation", settings: "Settings", io: "Streams") -> "I
         recipients=list(inv.recipients),
         domain=general.domain,
         hostname=general.hostname,
-        local_hostnames=local_hostnames(settings),
+        local_hostnames=local_hostnames(general.hostname),
         aliases=load_aliases(settings, io.environ),
         catchall=general.catchall,
         sender_from_header=general.sender_from_header,

@@ -208,6 +208,21 @@ class IntakeOptions:
         self.trace = trace
 
 
+def local_hostnames(hostname: str) -> frozenset[str]:
+    """The names under which an address counts as this machine's (mutt writes root@<short name>).
+
+    ``hostname`` is ``general.hostname``; the node name counts too, each also
+    by its first label.
+    """
+    names = {"localhost", "localhost.localdomain"}
+    for raw in (os.uname().nodename, hostname):
+        if raw:
+            name = raw.lower().rstrip(".")
+            names.add(name)
+            names.add(name.split(".", 1)[0])
+    return frozenset(names)
+
+
 def trace_word(text: str, limit: int = 255, extra: str = "") -> str:
     """A value for a Received field (a client's HELO name is hostile), made safe.
 
@@ -802,9 +817,7 @@ def receive(src: "BinaryIO", out: "BinaryIO", options: IntakeOptions) -> Envelop
     envelope.eightbit = eightbit
     if eightbit:
         envelope.body_type = "8BITMIME"
-    final = envelope.to_bytes(checked=True)
-    if len(final) != len(prelude):  # cannot happen: the prelude's length is fixed above
-        raise IOFailure("the envelope changed its length while the message was read")
+    final = envelope.to_bytes(checked=True)  # the same length (Envelope.to_bytes)
     try:
         end = out.tell()
         out.seek(start)

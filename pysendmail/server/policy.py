@@ -31,7 +31,6 @@ import collections
 import fnmatch
 import functools
 import ipaddress
-import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -72,17 +71,6 @@ class Loaded:
         self.tls_context = tls_context
         self.aliases = aliases
         self.warnings = warnings
-
-
-def local_hostnames(settings: Settings) -> frozenset[str]:
-    """The names that mean this machine, as ``sendmail`` counts them (mutt's root@<short name>)."""
-    names = {"localhost", "localhost.localdomain"}
-    for raw in (os.uname().nodename, settings.general.hostname):
-        if raw:
-            name = raw.lower().rstrip(".")
-            names.add(name)
-            names.add(name.split(".", 1)[0])
-    return frozenset(names)
 
 
 def client_ip(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -157,7 +145,9 @@ class Policy:
         self.users = loaded.users
         self.tls_context = loaded.tls_context
         self.aliases = loaded.aliases
-        self._local_hostnames = local_hostnames(settings)
+        from pysendmail.message.intake import local_hostnames
+
+        self._local_hostnames = local_hostnames(settings.general.hostname)
         self._recipient_options: IntakeOptions | None = None
 
     def recipient_options(self) -> IntakeOptions:
