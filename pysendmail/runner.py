@@ -183,6 +183,20 @@ class RunSummary:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def counts(self) -> dict[str, int]:
+        """The counts by name (a worker process's report)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_counts(cls, counts: object) -> RunSummary:
+        """The summary a worker reported; whatever is not a count of ours counts 0."""
+        summary = cls()
+        if isinstance(counts, dict):
+            for name in cls.__slots__:
+                value = counts.get(name, 0)
+                setattr(summary, name, value if type(value) is int else 0)
+        return summary
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
         return f"RunSummary({inner})"
@@ -233,6 +247,12 @@ class _Feed:
     def stop(self) -> None:
         with self._lock:
             self.stopped = True
+
+
+def reported_error(error: tuple[str, str]) -> errors.PysendmailError:
+    """The error a worker reported with ``Runner.deliver``'s ``(kind, text)``."""
+    kind, text = error
+    return StateWriteError(text) if kind == "state" else errors.PysendmailError(text)
 
 
 def _not_durable(exc: OSError) -> StateWriteError:
@@ -309,8 +329,12 @@ class Runner:
         queue: Queue | None = None,
         debug_output: IO[str] | None = None,
         processes: bool = False,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        #: Once set, no further message is started: the one under way is
+        #: finished (its state saved), the rest stay queued as they were.
+        self.stopping = stopping
         self.log = logger
         self.clock = clock
         self.queue = queue if queue is not None else Queue(settings.general.queue_dir)
@@ -498,8 +522,7 @@ class Runner:
         import json
 
         summary, error = self.deliver(share, forced=forced)
-        report = {name: getattr(summary, name) for name in RunSummary.__slots__}
-        data = json.dumps({"summary": report, "error": error}).encode()
+        data = json.dumps({"summary": summary.counts(), "error": error}).encode()
         with contextlib.suppress(OSError, ValueError):
             for stream in (getattr(self.log, "stream", None), sys.stdout, sys.stderr):
                 with contextlib.suppress(AttributeError):
@@ -533,14 +556,9 @@ class Runner:
                 self._line("runner", text, "error")
                 failure = failure or StateWriteError(text)
                 continue
-            mine = RunSummary()
-            for name in RunSummary.__slots__:
-                value = counts.get(name, 0)
-                setattr(mine, name, value if type(value) is int else 0)
-            summary.add(mine)
+            summary.add(RunSummary.from_counts(counts))
             if error is not None and failure is None:
-                kind, text = error
-                failure = StateWriteError(text) if kind == "state" else errors.PysendmailError(text)
+                failure = reported_error(error)
         return failure
 
     def due(self, now: float) -> list[str]:
@@ -626,6 +644,9 @@ class Runner:
                     summary.add(mine)
 
     def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: _Feed) -> None:
+        if self.stopping is not None and self.stopping.is_set():
+            feed.stop()  # the other workers of the run stop too
+            return
         try:
             claim = self.queue.claim(queue_id, removals=feed.removals)
         except (OSError, errors.PysendmailError) as exc:

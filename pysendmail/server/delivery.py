@@ -48,14 +48,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pysendmail import errors
 from pysendmail.log import Logger
-from pysendmail.runner import Runner, RunSummary, StateWriteError
+from pysendmail.runner import Runner, RunSummary, StateWriteError, reported_error
 from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame
 
 if TYPE_CHECKING:
     from pysendmail.config import Settings
     from pysendmail.message.envelope import Envelope
     from pysendmail.relay import DeliveryReport, Relay
-    from pysendmail.runner import RelayLike
 
 #: A worker closes its connections after this many seconds without a message.
 KEEP_OPEN = 5.0
@@ -112,18 +111,11 @@ class _KeptRelay:
 
 
 class WorkerRunner(Runner):
-    """A worker's runner: delivers the ids it is given, stops after the message under way."""
+    """A worker's runner: one relay kept between runs, stops after the message under way."""
 
     def __init__(self, settings: Settings, log: Logger, stopping: threading.Event) -> None:
         self.kept = _KeptRelay(self._default_relay)
-        super().__init__(settings, logger=log, relay_factory=lambda: self.kept)
-        self.stopping = stopping
-
-    def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: Any) -> None:
-        if self.stopping.is_set():
-            feed.stop()
-            return
-        super()._one(queue_id, relay, summary, feed)
+        super().__init__(settings, logger=log, relay_factory=lambda: self.kept, stopping=stopping)
 
 
 def worker_main(fd: int) -> int:
@@ -153,8 +145,7 @@ def worker_main(fd: int) -> int:
                 runner = WorkerRunner(got[1], log, stopping)
             elif got[0] == "run" and runner is not None:
                 summary, error = runner.deliver(list(got[1]), forced=bool(got[2]))
-                counts = {name: getattr(summary, name) for name in RunSummary.__slots__}
-                sock.sendall(frame(("done", counts, error)))
+                sock.sendall(frame(("done", summary.counts(), error)))
     except (OSError, FrameError):
         return 0  # serve is gone: nothing is left to report to
     finally:
@@ -277,17 +268,8 @@ class DeliveryPool:
                 self.log.line(got[1], got[2])
             elif kind == "done":
                 _, counts, error = got
-                mine = RunSummary()
-                for name in RunSummary.__slots__:
-                    value = counts.get(name, 0) if isinstance(counts, dict) else 0
-                    setattr(mine, name, value if type(value) is int else 0)
-                summary.add(mine)
-                outcome = True
-                if error is not None:
-                    kind, text = error
-                    outcome = (
-                        StateWriteError(text) if kind == "state" else errors.PysendmailError(text)
-                    )
+                summary.add(RunSummary.from_counts(counts))
+                outcome = True if error is None else reported_error(error)
         return outcome
 
     def _lost(self, worker: _Worker, why: str) -> StateWriteError:

@@ -63,7 +63,6 @@ from pysendmail.server.submit import QueueSubmitter
 if TYPE_CHECKING:
     from pysendmail.cli import Streams
     from pysendmail.config.settings import Server as ServerSettings
-    from pysendmail.runner import RelayLike
 
 #: Threads that run the intake and the commit (fsync-bound: more threads, more
 #: commits share one journal flush).
@@ -173,15 +172,10 @@ def changes(old: Loaded, new: Loaded) -> list[str]:
 
 
 class ServeRunner(Runner):
-    """The runner of ``serve``: once ``stopping`` is set, no further message is started.
+    """The runner of ``serve``: its deliveries go to the delivery processes when they run."""
 
-    The message being delivered when it is set is finished (its state saved);
-    the rest stay queued, due as they were, for the next start.
-    """
-
-    def __init__(self, *args: Any, stopping: threading.Event, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.stopping = stopping
         #: The delivery processes (``pysendmail.server.delivery``); without
         #: them (none could start) the deliveries run in threads, as before.
         self.pool: DeliveryPool | None = None
@@ -194,12 +188,6 @@ class ServeRunner(Runner):
         failure = pool.run(self, feed.take_all(), feed.forced, summary)
         if failure is not None:
             raise failure
-
-    def _one(self, queue_id: str, relay: RelayLike, summary: RunSummary, feed: Any) -> None:
-        if self.stopping.is_set():
-            feed.stop()  # the other workers stop too
-            return
-        super()._one(queue_id, relay, summary, feed)
 
 
 # --------------------------------------------------------------------------- the process
