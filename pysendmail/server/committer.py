@@ -47,7 +47,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame
+from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame, start_helper
 
 if TYPE_CHECKING:
     from pysendmail.message.intake import IntakeOptions
@@ -285,26 +285,12 @@ class GroupCommitter:
         self.idle = asyncio.Event()
         self.idle.set()
         for _ in range(self.processes):
-            parent, child = socket.socketpair()
             try:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pysendmail.server.committer",
-                        str(child.fileno()),
-                        self.queue_root,
-                    ],
-                    pass_fds=(child.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                )
-            except BaseException:
-                parent.close()
+                proc, parent = start_helper("pysendmail.server.committer", self.queue_root)
+            except OSError:
                 if self.children:
                     break  # fewer processes: still a group commit
                 raise
-            finally:
-                child.close()
             one = _Child(self, proc)
             self.children.append(one)
             await loop.connect_accepted_socket(lambda one=one: one, sock=parent)  # type: ignore[misc]

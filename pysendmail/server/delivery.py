@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pysendmail import errors
 from pysendmail.log import Logger
 from pysendmail.runner import Runner, RunSummary, StateWriteError, reported_error
-from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame
+from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame, start_helper
 
 if TYPE_CHECKING:
     from pysendmail.config import Settings
@@ -181,18 +181,7 @@ class DeliveryPool:
         self.next_start = 0.0
 
     def _start_one(self) -> _Worker:
-        parent, child = socket.socketpair()
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pysendmail.server.delivery", str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
+        proc, parent = start_helper("pysendmail.server.delivery")
         return _Worker(proc, parent)
 
     def start(self) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 
 HEAD = struct.Struct("!I")
 #: A frame larger than this is not ours: the reader stops.
@@ -25,6 +27,27 @@ def frame(obj: object) -> bytes:
     """``obj`` as one frame."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return HEAD.pack(len(data)) + data
+
+
+def start_helper(module: str, *args: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """``python -m module FD args...`` with the other end of a socket pair as FD; its end here.
+
+    The child gets this interpreter, no standard input, and inherits standard
+    output and error (its own errors reach serve's log). Raises ``OSError``.
+    """
+    parent, child = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(child.fileno()), *args],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
