@@ -122,6 +122,16 @@ class Clock:
         return self.now
 
 
+def run_queue_once(settings: Settings) -> tuple[int, str]:
+    """``pysendmail queue run`` once, in this process: its exit status and what it said."""
+    from pysendmail.cli import Streams
+    from pysendmail.runner import run_queue_main
+
+    err = io.StringIO()
+    status = run_queue_main(settings, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    return status, err.getvalue()
+
+
 def make_runner(settings: Settings, clock: Clock, log: io.StringIO, **kw: object) -> Runner:
     logger = Logger("stderr", stream=log)
     return Runner(settings, logger=logger, clock=clock, **kw)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from tests.runner.helpers import (
     message_bytes,
     parse,
     queue_files,
+    run_queue_once,
     settings_for,
     state_of,
     statuses,
@@ -565,13 +566,11 @@ def test_a_state_that_cannot_be_written_stops_the_run(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Queue, "write_state", full)
-    s = settings_for(tmp_path, server.port)
-    err = io.StringIO()
-    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    status, err = run_queue_once(settings_for(tmp_path, server.port))
     assert status == errors.EX_TEMPFAIL
     assert len(server.messages) == 1  # the first was sent; the run stopped there
-    assert "cannot record the delivery state" in err.getvalue()
-    assert "No space left on device" in err.getvalue()
+    assert "cannot record the delivery state" in err
+    assert "No space left on device" in err
 
 
 def test_a_delivered_message_that_cannot_be_removed_stops_the_run(
@@ -589,12 +588,10 @@ def test_a_delivered_message_that_cannot_be_removed_stops_the_run(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(Claim, "done", broken)
-    s = settings_for(tmp_path, server.port)
-    err = io.StringIO()
-    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    status, err = run_queue_once(settings_for(tmp_path, server.port))
     assert status == errors.EX_TEMPFAIL
     assert len(server.messages) == 1
-    assert "delivered, but cannot remove it from the queue" in err.getvalue()
+    assert "delivered, but cannot remove it from the queue" in err
     assert len(queue.ids()) == 3  # the next run sends the first again: the permitted duplicate
 
 
@@ -613,14 +610,12 @@ def test_removals_that_cannot_be_made_durable_stop_the_run_with_75(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(removals, "fsync_dir", broken)
-    s = settings_for(tmp_path, server.port)
-    err = io.StringIO()
-    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    status, err = run_queue_once(settings_for(tmp_path, server.port))
     assert status == errors.EX_TEMPFAIL
     # Delivered and removed, but maybe not durably: the run says so and stops.
     assert 1 <= len(server.messages) <= 3
-    assert "the removal could not be made durable" in err.getvalue()
-    assert "Input/output error" in err.getvalue()
+    assert "the removal could not be made durable" in err
+    assert "Input/output error" in err
     assert len(queue.ids()) == 3 - len(server.messages)
 
 
@@ -821,9 +816,7 @@ def test_parallel_workers_all_stop_when_a_state_cannot_be_written(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Queue, "write_state", full)
-    s = settings_for(tmp_path, server.port, queue={"connections": 4})
-    err = io.StringIO()
-    status = run_queue_main(s, Streams(stdout=io.StringIO(), stderr=err, environ={}))
+    status, _ = run_queue_once(settings_for(tmp_path, server.port, queue={"connections": 4}))
     assert status == errors.EX_TEMPFAIL
     # Each worker sent the message in its hands, and no worker took another.
     assert 1 <= len(server.messages) <= 4
