@@ -67,6 +67,7 @@ class Pending:
 
     __slots__ = (
         "aborting",
+        "checked",
         "committed",
         "committing",
         "dir_fd",
@@ -97,6 +98,8 @@ class Pending:
         self.committed = False
         self.committing = False
         self.aborting = False
+        #: Flushed and checked complete (``prepare``), not yet durable.
+        self.checked = False
         #: In its final place, the folder not yet synced (``commit(sync_dir=False)``).
         self.linked = False
         try:
@@ -129,7 +132,27 @@ class Pending:
             fd, self.dir_fd = self.dir_fd, None
             os.close(fd)
 
-    def commit(self, sync_dir: bool = True) -> str:
+    def prepare(self) -> None:
+        """Flush the file and check it complete, without making it durable.
+
+        The first step of ``commit``, done early by a group commit that makes
+        the files of a whole group durable with one sync of their file system
+        (``commit(sync_dir=False, sync_file=False)`` then links each). Raises
+        as ``commit`` does, and then nothing is left behind.
+        """
+        self.committing = True
+        try:
+            self.file.flush()
+            self._check_complete(self.file.fileno())
+        except OSError as exc:
+            self.abort()
+            raise commit_error(exc, self, os.path.dirname(self.path)) from None
+        except BaseException:
+            self.abort()
+            raise
+        self.checked = True
+
+    def commit(self, sync_dir: bool = True, sync_file: bool = True) -> str:
         """Make the message durable and visible to a runner; return the path it now has.
 
         Raises ``TemporaryFailure`` when the disk is full, ``CantCreateError``
@@ -141,19 +164,25 @@ class Pending:
         place, but the folder is not synced, so the message is not committed
         yet (``committed`` stays false, ``linked`` turns true). The caller then
         syncs the folder once for the group and calls ``confirm()``, or
-        ``withdraw()`` when it could not.
+        ``withdraw()`` when it could not. ``sync_file=False`` (with
+        ``sync_dir=False``, after ``prepare()``) skips the file's fsync: the
+        caller made the whole group durable already (one ``syncfs``).
         """
         if not sync_dir and self.dir_fd is not None:
             raise ValueError("a maildrop file is committed on its own")
+        if not sync_file and (sync_dir or not self.checked):
+            raise ValueError("sync_file=False is for a group commit, after prepare()")
         self.committing = True
         where = os.path.dirname(self.final)
         linked = False
         try:
             f = self.file
-            f.flush()
             fd = f.fileno()
-            self._check_complete(fd)
-            os.fsync(fd)
+            if not self.checked:
+                f.flush()
+                self._check_complete(fd)
+            if sync_file:
+                os.fsync(fd)
             if self.dir_fd is not None:
                 os.rename(
                     os.path.basename(self.path),
