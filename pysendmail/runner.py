@@ -591,16 +591,31 @@ class Runner:
         return result
 
     def next_due(self) -> float | None:
-        """The earliest time a queued message falls due, or None when nothing is pending."""
+        """The earliest time a queued message falls due, or None when nothing is pending.
+
+        A message without a state file was never tried: it is due now, and
+        then nothing else needs reading (under a burst the queue holds many
+        such messages, and this runs after every run).
+        """
+        now = self.clock()
+        ids = self.queue.ids()
+        try:
+            recorded: set[str] | None = set(self.queue.ids("state"))
+        except (OSError, errors.PysendmailError):
+            recorded = None
+        if recorded is not None and any(queue_id not in recorded for queue_id in ids):
+            return now
         earliest: float | None = None
-        for queue_id in self.queue.ids():
+        for queue_id in ids:
             try:
                 state = self.queue.read_state(queue_id)
             except (OSError, errors.DataError):
                 continue
-            when = self.clock() if state is None else state.next_attempt()
+            when = now if state is None else state.next_attempt()
             if when is not None and (earliest is None or when < earliest):
                 earliest = when
+                if earliest <= now:
+                    break
         return earliest
 
     def _housekeeping(self, summary: RunSummary) -> None:

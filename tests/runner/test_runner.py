@@ -821,3 +821,27 @@ def test_parallel_workers_all_stop_when_a_state_cannot_be_written(
     # Each worker sent the message in its hands, and no worker took another.
     assert 1 <= len(server.messages) <= 4
     assert len(queue.ids()) == 16
+
+
+def test_next_due_is_now_for_a_message_never_tried_without_reading_any_state(
+    tmp_path: pathlib.Path,
+    server: RecordingServer,
+    queue: Queue,
+    clock: Clock,
+    log: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = runner(tmp_path, server, clock, log)
+    assert run.next_due() is None  # an empty queue: nothing pending
+    server.faults["MAIL"] = "451 4.3.0 try later"
+    deferred = enqueue(queue, ["bob@example.net"], subject="deferred")
+    run.run_once()
+    assert run.next_due() == T0 + RETRY_MIN  # the deferred one, at its next attempt
+    enqueue(queue, ["carol@example.net"], subject="new")
+
+    def unread(self: Queue, queue_id: str) -> object:
+        raise AssertionError(f"read the state of {queue_id}")
+
+    monkeypatch.setattr(Queue, "read_state", unread)
+    assert run.next_due() == T0  # the new one is due now; no state file was opened
+    assert deferred in queue_files(queue)
