@@ -674,6 +674,7 @@ class ServerSection(Section):
     max_connections: Annotated[int, BeforeValidator(_int_between(1, 100000))] = 100
     timeout: Duration = 300
     shutdown_timeout: Duration = 30
+    delivery_nice: Annotated[int, BeforeValidator(_int_between(0, 19))] = 19
     http_listen: Listen | None = None
 
     @model_validator(mode="after")

@@ -181,6 +181,7 @@ class Server(_Plain):
         "allowed_networks",
         "allowed_recipient_domains",
         "allowed_senders",
+        "delivery_nice",
         "http_listen",
         "listen",
         "max_connections",
@@ -214,6 +215,7 @@ class Server(_Plain):
     max_connections: int
     timeout: int
     shutdown_timeout: int
+    delivery_nice: int  # added to serve's nice value for its delivery processes
     http_listen: "str | None"
 
 

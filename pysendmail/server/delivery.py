@@ -28,6 +28,15 @@ dealt once; a claim is a lock anyway, DESIGN.md invariant 4); lose a
 message when a worker dies (its claims end with it and its messages stay
 queued for the next run, which a new worker takes).
 
+Priority: a worker adds ``server.delivery_nice`` to its nice value before
+anything else (an argument of its command line). Accepting is what clients
+wait for; delivering can wait for a burst to end, the queue holds the mail
+meanwhile. Measured on two cores under the serve benchmark's burst: at the
+same priority as the listener serve accepted 0.5x the bare sink's rate while
+delivering, at nice 19 about 0.6-0.7x, and the burst was still delivered as
+fast. A nice value cannot be lowered again without privilege, so after a
+reload that changes it the pool replaces its workers between two runs.
+
 Signals: a worker ignores SIGINT and SIGHUP (they are serve's); SIGTERM makes
 it stop after the message under way, as serve does on SIGTERM. It exits at
 the end of file on its socket, closing its connections with QUIT.
@@ -36,6 +45,7 @@ the end of file on its socket, closing its connections with QUIT.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import selectors
 import signal
@@ -118,9 +128,13 @@ class WorkerRunner(Runner):
         super().__init__(settings, logger=log, relay_factory=lambda: self.kept, stopping=stopping)
 
 
-def worker_main(fd: int) -> int:
-    """A worker's life: settings, then runs, until its socket ends."""
+def worker_main(fd: int, nice: int = 0) -> int:
+    """A worker's life: settings, then runs, until its socket ends.
+
+    ``nice`` is added to its nice value first (``server.delivery_nice``).
+    """
     stopping = threading.Event()
+    niced = _nicer(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
@@ -129,6 +143,8 @@ def worker_main(fd: int) -> int:
     log = _Forwarder(sock)
     runner: WorkerRunner | None = None
     try:
+        if niced is not None:
+            log.line(f"runner: delivery process: cannot lower its CPU priority: {niced}", "warning")
         while True:
             if runner is not None and runner.kept.relay is not None:
                 idle = KEEP_OPEN - (time.monotonic() - runner.kept.last_used)
@@ -154,13 +170,25 @@ def worker_main(fd: int) -> int:
                 runner.kept.really_close()
 
 
+def _nicer(increment: int) -> str | None:
+    """Add ``increment`` to this process's nice value; why it could not, or None."""
+    if increment <= 0:
+        return None
+    try:
+        os.nice(increment)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 # --------------------------------------------------------------------------- serve's side
 
 
 class _Worker:
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, nice: int) -> None:
         self.proc = proc
         self.sock = sock
+        self.nice = nice  # the increment it was started with
         self.settings: object = None  # the settings object it was sent last
         self.frames = FrameBuffer()
 
@@ -172,17 +200,23 @@ class DeliveryPool:
     thread) and ``close``.
     """
 
-    def __init__(self, size: int, log: Logger) -> None:
+    def __init__(self, size: int, log: Logger, nice: int = 0) -> None:
         self.size = max(1, size)
         self.log = log
+        #: ``server.delivery_nice``: a worker started with another value (before a
+        #: reload) is replaced between runs (a nice value cannot be lowered back).
+        self.nice = nice
         self.workers: list[_Worker] = []
+        #: Replaced workers, told to exit (their socket closed), not yet reaped.
+        self.retired: list[_Worker] = []
         self.lock = threading.Lock()
         self.closed = False
         self.next_start = 0.0
 
     def _start_one(self) -> _Worker:
-        proc, parent = start_helper("pysendmail.server.delivery")
-        return _Worker(proc, parent)
+        nice = self.nice
+        proc, parent = start_helper("pysendmail.server.delivery", str(nice))
+        return _Worker(proc, parent, nice)
 
     def start(self) -> None:
         """Start the workers that are missing. Raises ``OSError`` when none can run."""
@@ -194,6 +228,7 @@ class DeliveryPool:
         """Whether a run can go to the workers (else the runner delivers in its own thread)."""
         if self.closed:
             return False
+        self._retire_stale()
         if len(self.workers) < self.size and time.monotonic() >= self.next_start:
             try:
                 self.start()
@@ -201,6 +236,19 @@ class DeliveryPool:
                 self.next_start = time.monotonic() + RESTART_DELAY
                 self.log.line(f"runner: cannot start a delivery process: {exc}", "error")
         return bool(self.workers)
+
+    def _retire_stale(self) -> None:
+        """Let workers started with another ``nice`` go (between runs), and reap the retired."""
+        with self.lock:
+            stale = [w for w in self.workers if w.nice != self.nice]
+            for worker in stale:
+                self.workers.remove(worker)
+            self.retired.extend(stale)
+        for worker in stale:
+            with contextlib.suppress(OSError):
+                worker.sock.close()  # at end of file it QUITs and exits
+        with self.lock:
+            self.retired = [w for w in self.retired if w.proc.poll() is None]
 
     def run(
         self, runner: Runner, ids: list[str], forced: bool, summary: RunSummary
@@ -289,7 +337,8 @@ class DeliveryPool:
         """Close the sockets (the workers QUIT and exit); kill whichever outlives ``timeout``."""
         with self.lock:
             self.closed = True
-            workers, self.workers = self.workers, []
+            workers, self.workers = self.workers + self.retired, []
+            self.retired = []
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.sock.close()
@@ -303,4 +352,4 @@ class DeliveryPool:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main(int(sys.argv[1])))
+    sys.exit(worker_main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))

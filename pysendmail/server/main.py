@@ -232,7 +232,9 @@ class App:
         self.http: HTTPServer | None = None
         self.stopping = threading.Event()
         self.runner = ServeRunner(settings, logger=logger, queue=self.queue, stopping=self.stopping)
-        self.pool = DeliveryPool(settings.queue.connections, logger)
+        self.pool = DeliveryPool(
+            settings.queue.connections, logger, nice=settings.server.delivery_nice
+        )
         self.runner_thread: threading.Thread | None = None
         self._stop_requested: asyncio.Event | None = None
         self._reloading = False
@@ -385,6 +387,7 @@ class App:
         self.group.set_policy(self.policy)
         self.runner.settings = new.settings
         self.pool.size = max(1, new.settings.queue.connections)
+        self.pool.nice = new.settings.server.delivery_nice
         for line in lines:
             self._log_line(f"reload: {line}", "info")
         for warning in new.warnings:

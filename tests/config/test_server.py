@@ -29,6 +29,7 @@ def test_the_defaults(write: Write, env: dict[str, str]) -> None:
     assert server.max_message_size == 10 * 1024 * 1024  # general's, unless set
     assert (server.max_recipients, server.max_messages_per_minute) == (100, 0)
     assert (server.max_connections, server.timeout, server.shutdown_timeout) == (100, 300, 30)
+    assert server.delivery_nice == 19
 
 
 def test_every_key_from_the_environment_alone(
@@ -53,6 +54,7 @@ def test_every_key_from_the_environment_alone(
         "PYSENDMAIL_SERVER__MAX_CONNECTIONS": "3",
         "PYSENDMAIL_SERVER__TIMEOUT": "1m",
         "PYSENDMAIL_SERVER__SHUTDOWN_TIMEOUT": "5s",
+        "PYSENDMAIL_SERVER__DELIVERY_NICE": "0",
         "PYSENDMAIL_SERVER__HTTP_LISTEN": "0.0.0.0:9025",
     }
     empty = write("")
@@ -66,6 +68,7 @@ def test_every_key_from_the_environment_alone(
     assert (server.max_message_size, server.max_recipients) == (1024 * 1024, 7)
     assert (server.max_messages_per_minute, server.max_connections) == (60, 3)
     assert (server.timeout, server.shutdown_timeout, server.http_listen) == (60, 5, "0.0.0.0:9025")
+    assert server.delivery_nice == 0
     assert validated.model.server.users == [f"app:{HASH}"]
 
 
@@ -138,6 +141,8 @@ def test_config_check_shows_the_section(write: Write, env: dict[str, str]) -> No
             "server.http_listen: must differ from every address in listen",
         ),
         ("shutdown_timeout = 0", "server.shutdown_timeout: must be longer than zero"),
+        ("delivery_nice = 20", "server.delivery_nice: must be between 0 and 19"),
+        ("delivery_nice = -1", "server.delivery_nice: must be between 0 and 19"),
         ("typo = 1", "server.typo: unknown key"),
     ],
 )

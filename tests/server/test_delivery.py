@@ -8,6 +8,8 @@ import smtplib
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.server.helpers import InProcessServer, write_config
 from tests.support.smtpd import RecordingServer
 
@@ -82,3 +84,48 @@ def test_sigterm_lets_the_workers_finish_and_go(
     procs = [w.proc for w in srv.app.pool.workers]
     assert srv.stop() == 0
     assert procs and all(p.poll() is not None for p in procs)
+
+
+def _nice_of(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def test_the_workers_run_nicer_and_a_reload_replaces_them(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory()
+    base = _nice_of(0)
+    config = write_config(
+        tmp_path, relay.port, queue={"connections": 2}, server={"delivery_nice": 5}
+    )
+    with InProcessServer(config) as srv:
+        first = list(srv.app.pool.workers)
+        assert len(first) == 2
+        # Each worker lowers its own priority first thing (before any delivery).
+        srv.wait_for(lambda: all(_nice_of(w.proc.pid) == min(19, base + 5) for w in first))
+        send(srv, "a@example.org", "niced")
+        srv.wait_for(lambda: len(relay.envelopes) == 1)
+        assert srv.app.pool.workers == first  # the same workers, run after run
+        write_config(tmp_path, relay.port, queue={"connections": 2}, server={"delivery_nice": 0})
+        assert srv.reload()
+        send(srv, "b@example.org", "after the reload")
+        srv.wait_for(lambda: len(relay.envelopes) == 2)
+        # A nice value cannot be lowered back: the workers were replaced before the run.
+        second = list(srv.app.pool.workers)
+        assert len(second) == 2 and not set(map(id, second)) & set(map(id, first))
+        assert all(_nice_of(w.proc.pid) == base for w in second)
+        srv.wait_for(lambda: all(w.proc.poll() is not None for w in first))
+    assert [e.rcpt_tos for e in relay.envelopes] == [["a@example.org"], ["b@example.org"]]
+
+
+def test_a_worker_that_may_not_lower_its_priority_says_so_and_delivers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pysendmail.server import delivery
+
+    def refused(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "nice", refused)
+    assert delivery._nicer(5) == "Operation not permitted"
+    assert delivery._nicer(0) is None  # nothing asked, nothing tried
