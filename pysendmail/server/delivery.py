@@ -18,10 +18,11 @@ connection, with RSET between messages.
 
 The protocol, over one socket pair per worker (``frames``): serve sends
 ``("settings", Settings)`` first and after a reload, then ``("run", ids,
-forced)``; the worker answers with ``("event", queue_id, level, fields)`` and
-``("line", text, level)`` for every log line as it happens (serve writes them
-to its own log, which also counts the metrics), then ``("done", counts,
-error)``: its ``RunSummary`` and the error that stopped it, if any.
+forced)``; the worker answers with its log lines, ``("lines", [("event",
+queue_id, level, fields) or ("line", text, level), ...])`` in batches
+(``_Forwarder``: within ``FLUSH_AFTER`` seconds; serve writes them to its own
+log, which also counts the metrics), then ``("done", counts, error)``: its
+``RunSummary`` and the error that stopped it, if any.
 
 What it must never do: give a message to two workers in one run (each id is
 dealt once; a claim is a lock anyway, DESIGN.md invariant 4); lose a
@@ -68,6 +69,10 @@ if TYPE_CHECKING:
 
 #: A worker closes its connections after this many seconds without a message.
 KEEP_OPEN = 5.0
+#: A worker sends its log lines to serve in batches of at most this many ...
+BATCH = 64
+#: ... at most this many seconds after the first line of a batch.
+FLUSH_AFTER = 0.2
 #: A worker that cannot be started is tried again after this many seconds.
 RESTART_DELAY = 5.0
 
@@ -76,23 +81,78 @@ RESTART_DELAY = 5.0
 
 
 class _Forwarder(Logger):
-    """The worker's logger: every line goes to serve, which writes it (and counts it)."""
+    """The worker's logger: its lines go to serve, which writes them (and counts them).
 
-    __slots__ = ("sock",)
+    Lines travel in batches, one frame ``("lines", [item, ...])`` each: a
+    batch leaves when ``BATCH`` lines wait, at the latest ``FLUSH_AFTER``
+    seconds after its first line (a timer thread, so that a delivery that
+    stalls does not hold back the lines before it), and always before the
+    ``done`` of a run (``send``). One frame per line cost a system call here
+    and a wake-up of serve's runner thread for every message.
+    """
+
+    __slots__ = ("broken", "cond", "first_at", "pending", "sock", "thread")
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__("stderr", "text")
         self.sock = sock
+        self.cond = threading.Condition()
+        self.pending: list[tuple[object, ...]] = []
+        self.first_at = 0.0
+        self.thread: threading.Thread | None = None
+        self.broken = False
 
     def event(self, queue_id: str, level: str = "info", /, **fields: object) -> None:
         plain = {
             key: value if value is None or isinstance(value, str | int | float) else str(value)
             for key, value in fields.items()
         }
-        self.sock.sendall(frame(("event", queue_id, level, plain)))
+        self._add(("event", queue_id, level, plain))
 
     def line(self, text: str, level: str = "info") -> None:
-        self.sock.sendall(frame(("line", str(text), level)))
+        self._add(("line", str(text), level))
+
+    def _add(self, item: tuple[object, ...]) -> None:
+        with self.cond:
+            if not self.pending:
+                self.first_at = time.monotonic()
+            self.pending.append(item)
+            if len(self.pending) >= BATCH:
+                self._flush_locked()
+                return
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._timer, name="pysendmail-log-flush", daemon=True
+                )
+                self.thread.start()
+            self.cond.notify()
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` (a frame) after every line logged before it."""
+        with self.cond:
+            self._flush_locked()
+            self.sock.sendall(data)
+
+    def _flush_locked(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.sock.sendall(frame(("lines", batch)))
+
+    def _timer(self) -> None:
+        with self.cond:
+            while not self.broken:
+                if not self.pending:
+                    self.cond.wait()
+                    continue
+                left = self.first_at + FLUSH_AFTER - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                try:
+                    self._flush_locked()
+                except OSError:
+                    # serve is gone: the main thread finds out on its next read.
+                    self.broken = True
 
 
 class _KeptRelay:
@@ -161,7 +221,7 @@ def worker_main(fd: int, nice: int = 0) -> int:
                 runner = WorkerRunner(got[1], log, stopping)
             elif got[0] == "run" and runner is not None:
                 summary, error = runner.deliver(list(got[1]), forced=bool(got[2]))
-                sock.sendall(frame(("done", summary.counts(), error)))
+                log.send(frame(("done", summary.counts(), error)))
     except (OSError, FrameError):
         return 0  # serve is gone: nothing is left to report to
     finally:
@@ -298,11 +358,13 @@ class DeliveryPool:
         for item in found:
             got: Any = item
             kind = got[0]
-            if kind == "event":
-                _, queue_id, level, fields = got
-                self.log.event(queue_id, level, **fields)
-            elif kind == "line":
-                self.log.line(got[1], got[2])
+            if kind == "lines":
+                for line in got[1]:
+                    if line[0] == "event":
+                        _, queue_id, level, fields = line
+                        self.log.event(queue_id, level, **fields)
+                    else:
+                        self.log.line(line[1], line[2])
             elif kind == "done":
                 _, counts, error = got
                 summary.add(RunSummary.from_counts(counts))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import socket
 import time
 from pathlib import Path
 
@@ -129,3 +130,87 @@ def test_a_worker_that_may_not_lower_its_priority_says_so_and_delivers(
     monkeypatch.setattr(os, "nice", refused)
     assert delivery._nicer(5) == "Operation not permitted"
     assert delivery._nicer(0) is None  # nothing asked, nothing tried
+
+
+def _frames(sock: socket.socket) -> list[object]:
+    from pysendmail.server.frames import FrameBuffer
+
+    buffer, found = FrameBuffer(), []
+    sock.settimeout(0.05)
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            return found
+        if not data:
+            return found
+        found.extend(buffer.feed(data))
+
+
+def test_a_workers_lines_travel_in_batches_before_its_done() -> None:
+    from pysendmail.server import delivery
+    from pysendmail.server.frames import frame
+
+    here, there = socket.socketpair()
+    with here, there:
+        log = delivery._Forwarder(there)
+        log.event("ABC123", "info", to="<a@example.org>", status="sent (250 ok)", delay=0.5)
+        log.line("runner: something", "warning")
+        log.send(frame(("done", {}, None)))
+        assert _frames(here) == [
+            (
+                "lines",
+                [
+                    (
+                        "event",
+                        "ABC123",
+                        "info",
+                        {"to": "<a@example.org>", "status": "sent (250 ok)", "delay": 0.5},
+                    ),
+                    ("line", "runner: something", "warning"),
+                ],
+            ),
+            ("done", {}, None),
+        ]
+
+
+def test_lines_leave_within_the_flush_delay_and_a_full_batch_at_once() -> None:
+    from pysendmail.server import delivery
+
+    here, there = socket.socketpair()
+    with here, there:
+        log = delivery._Forwarder(there)
+        started = time.monotonic()
+        log.line("first")
+        (got,) = [f for f in _wait_frames(here, 1)]
+        assert got == ("lines", [("line", "first", "info")])
+        assert time.monotonic() - started < delivery.FLUSH_AFTER + 2
+        for n in range(delivery.BATCH):
+            log.line(f"line {n}")
+        (full,) = _frames(here)  # sent by the caller itself, without waiting for the timer
+        assert isinstance(full, tuple) and len(full[1]) == delivery.BATCH
+
+
+def _wait_frames(sock: socket.socket, count: int) -> list[object]:
+    found: list[object] = []
+    deadline = time.monotonic() + 5
+    while len(found) < count and time.monotonic() < deadline:
+        found.extend(_frames(sock))
+    return found
+
+
+def test_a_flush_to_a_closed_serve_stops_the_timer_quietly() -> None:
+    from pysendmail.server import delivery
+
+    here, there = socket.socketpair()
+    with there:
+        log = delivery._Forwarder(there)
+        here.close()
+        log.line("nobody reads this")
+        deadline = time.monotonic() + 5
+        while not log.broken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.broken
+        assert log.thread is not None
+        log.thread.join(1)
+        assert not log.thread.is_alive()
