@@ -71,6 +71,7 @@ class Pending:
         "committed",
         "committing",
         "dir_fd",
+        "expected_size",
         "file",
         "final",
         "linked",
@@ -100,6 +101,10 @@ class Pending:
         self.aborting = False
         #: Flushed and checked complete (``prepare``), not yet durable.
         self.checked = False
+        #: Set by a writer that wrote the whole file from memory in one piece,
+        #: prelude built and checked by the intake: then a complete file is
+        #: one of exactly this size, and the prelude is not parsed again.
+        self.expected_size: int | None = None
         #: In its final place, the folder not yet synced (``commit(sync_dir=False)``).
         self.linked = False
         try:
@@ -232,6 +237,14 @@ class Pending:
         # The envelope records the message size once the intake has seen the
         # end of input; a file of any other size is not finished and must not
         # be acknowledged. This also proves that whatever is queued parses.
+        if self.expected_size is not None:
+            actual = os.fstat(fd).st_size
+            if actual != self.expected_size:
+                raise IOFailure(
+                    f"{self.path}: the spool file is not complete ({actual} octets where"
+                    f" {self.expected_size} were written); nothing was queued"
+                )
+            return
         from pysendmail.message.envelope import MAX_PRELUDE, Envelope
 
         head = os.pread(fd, MAX_PRELUDE, 0)

@@ -91,7 +91,9 @@ def write_one(
             # once: the intake's seeks and tells would each be a system call.
             built = io.BytesIO()
             envelope = receive(io.BytesIO(data), built, options)
-            pending.file.write(built.getbuffer())
+            written = built.getbuffer()
+            pending.file.write(written)
+            pending.expected_size = len(written)
         except BaseException:
             pending.abort()
             raise

@@ -235,3 +235,26 @@ def test_the_real_syncfs_runs_here(tmp_path: Path) -> None:
             os.close(fd)
     finally:
         monkey.undo()
+
+
+def test_a_file_written_whole_is_checked_by_its_size_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pysendmail.message import envelope
+
+    queue = Queue(str(tmp_path / "spool"))
+    good, short = _written(queue, 2)
+    for p in (good, short):
+        p.file.flush()
+        p.expected_size = os.fstat(p.file.fileno()).st_size
+    short.expected_size += 1  # the writer wrote more than the file holds
+
+    def unparsed(*args: object) -> object:
+        raise AssertionError("the prelude was parsed again")
+
+    monkeypatch.setattr(envelope.Envelope, "from_file", unparsed)
+    results = commit_group([good, short])
+    assert results[0] is None
+    assert isinstance(results[1], IOFailure) and "not complete" in str(results[1])
+    assert os.listdir(queue.dir("queue")) == [good.queue_id]
+    assert os.listdir(queue.dir("tmp")) == []
