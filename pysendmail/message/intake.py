@@ -698,8 +698,8 @@ def receive(src: "BinaryIO", out: "BinaryIO", options: IntakeOptions) -> Envelop
     # argv recipients and -f are checked before a byte of the message is read.
     recipients = _Recipients(options, checked.notify)
     recipients.add_words(options.recipients)
-    if options.sender is not None:
-        _sender(options, [], own)
+    # -f does not depend on the header: its check now is its value later.
+    given = _sender(options, [], own) if options.sender is not None else None
 
     reader = _Reader(src, options.dot_ends_input)
     fields, body = _read_header_block(reader, options.max_header_bytes)
@@ -708,7 +708,7 @@ def receive(src: "BinaryIO", out: "BinaryIO", options: IntakeOptions) -> Envelop
         recipients.add_headers(fields)
     if not recipients.found:
         raise UsageError(NO_RECIPIENTS)
-    author = _sender(options, fields, own)
+    author = given if given is not None else _sender(options, fields, own)
     sender = author
     masquerade = None
     if options.rewrite_sender:
