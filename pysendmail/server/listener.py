@@ -820,28 +820,59 @@ class SMTPSession(SMTP):
         await self.push(status)
 
     async def _receive(self, spool: Spool) -> str:
-        """Read the data up to the lone dot into ``spool``: "ok", "too big" or "eof"."""
+        """Read the data up to the lone dot into ``spool``: "ok", "too big" or "eof".
+
+        Lines end only with CRLF (a bare LF or CR is data, so "\\n.\\n" ends
+        nothing: no SMTP smuggling); the data ends with a line that is one dot;
+        a line that begins with a dot loses that dot (RFC 5321 4.5.2). The
+        stream is read up to each ".\\r\\n" (or a reader-limit's worth at a
+        time), not line by line: a 2 KB message is one or two reads instead of
+        forty, and nothing after the final dot is taken from the reader (a
+        pipelined next command stays there).
+        """
         reader = self._reader
         limit = self.data_size_limit or 0
-        at_line_start = True
+        size = 0
         too_big = False
+        pending = b""  # read but not yet written: part of one line
+        start = True  # whether ``pending`` (or the next byte) begins a line
         while True:
             try:
-                line = await reader.readuntil(b"\r\n")
+                piece = await reader.readuntil(b".\r\n")
             except asyncio.LimitOverrunError as exc:
-                line = await reader.read(exc.consumed)  # a piece of a long line
+                piece = await reader.read(max(1, exc.consumed))
+                if not piece:
+                    return "eof"
             except asyncio.IncompleteReadError:
                 return "eof"
-            if at_line_start and line[:1] == b".":
-                if line == b".\r\n":
-                    break
-                line = line[1:]
-            at_line_start = line.endswith(b"\r\n")
-            if too_big:
-                continue
-            if limit and spool.size + len(line) > limit:
-                too_big = True  # keep reading to the dot, keep nothing
-                spool.close()
-                continue
-            spool.write(line)
-        return "too big" if too_big else "ok"
+            text = pending + piece if pending else piece
+            ended = text.endswith(b"\r\n.\r\n") or (start and text == b".\r\n")
+            if ended:
+                done, pending = text[:-3], b""
+            else:
+                cut = text.rfind(b"\r\n") + 2  # 1 when there is none
+                if cut > 1:
+                    done, pending = text[:cut], text[cut:]
+                elif len(text) > READ_LIMIT:
+                    # A very long line: write what came, but a last CR waits
+                    # for what follows it (it may begin the CRLF before the dot).
+                    cut = len(text) - 1 if text.endswith(b"\r") else len(text)
+                    done, pending = text[:cut], text[cut:]
+                else:
+                    pending = text  # one line, not finished: wait for more of it
+                    continue
+            if done:
+                if start and done[:1] == b".":
+                    done = done[1:]
+                if b"\r\n." in done:
+                    done = done.replace(b"\r\n.", b"\r\n")
+                size += len(done)
+                if not too_big:
+                    if limit and size > limit:
+                        too_big = True  # keep reading to the dot, keep nothing
+                        spool.close()
+                    else:
+                        spool.write(done)
+            if ended:
+                return "too big" if too_big else "ok"
+            start = not done or done.endswith(b"\r\n")
