@@ -576,8 +576,12 @@ def parse_path(arg: str) -> tuple[str | None, str | None]:
 
 
 def _clean_argument(arg: str) -> bool:
-    """No control character (C0, DEL, C1) and no undecodable byte (a lone surrogate)."""
-    return arg.isprintable() and not any("\udc80" <= c <= "\udcff" for c in arg)
+    """No control character (C0, DEL, C1) and no undecodable byte (a lone surrogate).
+
+    ``str.isprintable`` is false for both: control characters are category Cc
+    and the surrogates that stand for undecodable bytes are Cs.
+    """
+    return arg.isprintable()
 
 
 class _Commands(dict[str, Any]):

@@ -80,3 +80,23 @@ def test_no_sidecar_rule_applies_to_a_local_program(tmp_path: Path) -> None:
     status, lines, _ = run_bs(config, tmp_path, stdin)
     assert status == 0
     assert [line[:3] for line in lines if line[3:4] == " "] == ["220", "250", "250", "250", "250"]
+
+
+def test_an_argument_with_a_control_character_or_an_undecodable_byte_is_refused(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, closed_port())
+    stdin = (
+        b"EHLO local\r\n"
+        b"MAIL FROM:<a\x01b@example.com>\r\n"  # C0
+        b"MAIL FROM:<a\xc2\x85b@example.com>\r\n"  # C1 (NEL), valid UTF-8
+        b"MAIL FROM:<a\xffb@example.com>\r\n"  # not UTF-8
+        b"MAIL FROM:<caf\xc3\xa9@example.com>\r\n"  # UTF-8 and printable: on to MAIL
+        b"QUIT\r\n"
+    )
+    status, lines, err = run_bs(config, tmp_path, stdin)
+    assert (status, err) == (0, "")
+    replies = [line for line in lines if line[3:4] == " "]
+    assert [r[:9] for r in replies[2:5]] == ["500 5.5.2"] * 3
+    assert not replies[5].startswith("500 5.5.2")
+    assert replies[-1].startswith("221")
