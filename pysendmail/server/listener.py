@@ -657,6 +657,29 @@ class SMTPSession(SMTP):
         self._ended = False
         self._unknown = 0
         self._smtp_methods = _Commands(self._smtp_methods, self)
+        self._idle_deadline = 0.0
+
+    # -- the idle timeout ------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels its timer and makes a new one for every command;
+        # under load the cancelled timers pile up in the event loop's heap.
+        # Here a command only moves the deadline; the one timer, when it
+        # fires early, waits for the rest (``_idle_check``).
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        deadline = self._idle_deadline
+        if deadline > self.loop.time():
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_check)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def unknown_command(self, arg: str | None) -> None:
         self._unknown += 1

@@ -174,3 +174,15 @@ def test_an_idle_client_is_disconnected_after_the_timeout(tmp_path: Path) -> Non
         started = time.monotonic()
         assert client.closed()
         assert 0.5 < time.monotonic() - started < 5
+
+
+def test_a_busy_client_stays_and_goes_once_it_falls_idle(tmp_path: Path) -> None:
+    config = write_config(tmp_path, closed_port(), server={"timeout": 1})
+    with InProcessServer(config) as srv, RawClient(srv.smtp) as client:
+        client.reply()
+        for _ in range(6):  # 2.4 s of commands, each well within the timeout
+            time.sleep(0.4)
+            assert client.command("NOOP").startswith("250")
+        started = time.monotonic()
+        assert client.closed()
+        assert 0.5 < time.monotonic() - started < 5
