@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from pysendmail.cli import Streams
 from pysendmail.cli import main as sendmail_main
 from pysendmail.queue.spool import Queue
@@ -100,3 +102,33 @@ def test_an_argument_with_a_control_character_or_an_undecodable_byte_is_refused(
     assert [r[:9] for r in replies[2:5]] == ["500 5.5.2"] * 3
     assert not replies[5].startswith("500 5.5.2")
     assert replies[-1].startswith("221")
+
+
+def test_aiosmtpd_command_logging_costs_nothing_when_its_logger_drops_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import aiosmtpd.smtp
+
+    import pysendmail.server.listener  # noqa: F401  (wraps aiosmtpd's sanitized_log)
+
+    log = logging.getLogger("mail.log")
+    calls: list[bytes] = []
+    original = aiosmtpd.smtp.sanitize
+
+    def counting(data: bytes) -> bytes:
+        calls.append(data)
+        return original(data)
+
+    monkeypatch.setattr(aiosmtpd.smtp, "sanitize", counting)
+    monkeypatch.setattr(log, "level", logging.CRITICAL)
+    aiosmtpd.smtp.sanitized_log(log.debug, "%r >> %r", "peer", b"MAIL FROM:<a@b>")
+    aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", "peer", b"MAIL FROM:<a@b>")
+    assert calls == []  # dropped before any escaping
+    monkeypatch.setattr(log, "level", logging.DEBUG)
+    monkeypatch.setattr(log, "propagate", True)  # serve turns it off; caplog listens at the root
+    with caplog.at_level(logging.DEBUG, logger="mail.log"):
+        aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", "peer", b"RCPT TO:<a@b>\r\n")
+    assert calls == [b"RCPT TO:<a@b>\r\n"]
+    assert "RCPT TO:<a@b>" in caplog.text
