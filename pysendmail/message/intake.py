@@ -231,9 +231,20 @@ def trace_word(text: str, limit: int = 255, extra: str = "") -> str:
     or forge another field — at most ``limit`` of them; ``unknown`` when
     nothing is left.
     """
-    allowed = ".-_:[]" + extra
-    kept = "".join(c for c in text[:limit] if c.isascii() and (c.isalnum() or c in allowed))
-    return kept.strip() or "unknown"
+    text = text[:limit]
+    table = _TRACE_TABLES.get(extra)
+    if table is None:
+        table = _TRACE_TABLES[extra] = str.maketrans("", "", _TRACE_ALLOWED + extra)
+    if text.translate(table):  # something that is not allowed: keep only the rest
+        allowed = ".-_:[]" + extra
+        text = "".join(c for c in text if c.isascii() and (c.isalnum() or c in allowed))
+    return text.strip() or "unknown"
+
+
+_TRACE_ALLOWED = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]"
+#: For each ``extra``: a translation table that deletes every allowed character
+#: (so a word made only of them translates to "").
+_TRACE_TABLES: "dict[str, dict[int, int | None]]" = {}
 
 
 def make_queue_id() -> str:
