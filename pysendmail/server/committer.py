@@ -47,7 +47,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pysendmail.server.frames import FrameBuffer, FrameError, frame, read_frame, start_helper
+from pysendmail.server.frames import FrameBuffer, FrameError, frame, start_helper
 
 if TYPE_CHECKING:
     from pysendmail.message.intake import IntakeOptions
@@ -194,16 +194,23 @@ def child_main(fd: int, queue_root: str) -> int:
     stage = CommitStage(sock)
     stage.start()
     template: Any = None
+    # Read whatever has arrived (under load, several messages per system call)
+    # rather than a frame at a time (two calls per message).
+    frames = FrameBuffer()
     try:
         while True:
-            got: Any = read_frame(sock)
-            if got is None:
+            data = sock.recv(1 << 16)
+            if not data:
                 break
-            if got[0] == "options":
-                template = got[1]
-                continue
-            _, seq, sender, recipients, body_type, data, trace = got
-            stage.put(write_one(queue, template, seq, sender, recipients, body_type, data, trace))
+            for item in frames.feed(data):
+                got: Any = item
+                if got[0] == "options":
+                    template = got[1]
+                    continue
+                _, seq, sender, recipients, body_type, body, trace = got
+                stage.put(
+                    write_one(queue, template, seq, sender, recipients, body_type, body, trace)
+                )
     finally:
         stage.finish()
     return 0
