@@ -236,6 +236,8 @@ class _Child(asyncio.Protocol):
         self.outstanding: dict[int, tuple[Submission, asyncio.Future[str]]] = {}
         self.sent_policy: Policy | None = None
         self.frames = FrameBuffer()
+        #: Frames for it made during this turn of the event loop, sent together.
+        self.unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -326,7 +328,7 @@ class GroupCommitter:
             if self._options[0] is not self.policy:
                 options = self.policy.intake_options(None, [], None)
                 self._options = (self.policy, frame(("options", options)))
-            transport.write(self._options[1])
+            self._send(loop, child, self._options[1])
             child.sent_policy = self.policy
         self.seq += 1
         seq = self.seq
@@ -334,20 +336,32 @@ class GroupCommitter:
         child.outstanding[seq] = (submission, future)
         if self.idle is not None:
             self.idle.clear()
-        transport.write(
-            frame(
-                (
-                    "job",
-                    seq,
-                    submission.sender,
-                    submission.recipients,
-                    submission.body_type,
-                    data,
-                    submission.trace,
-                )
-            )
+        job = (
+            "job",
+            seq,
+            submission.sender,
+            submission.recipients,
+            submission.body_type,
+            data,
+            submission.trace,
         )
+        self._send(loop, child, frame(job))
         return future
+
+    def _send(self, loop: asyncio.AbstractEventLoop, child: _Child, data: bytes) -> None:
+        # The messages that finish in one turn of the loop go to a commit process
+        # in one write (one system call, one wake-up of the process), at the end
+        # of that turn.
+        if not child.unsent:
+            loop.call_soon(self._flush, child)
+        child.unsent.append(data)
+
+    def _flush(self, child: _Child) -> None:
+        unsent, child.unsent = child.unsent, []
+        transport = child.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(unsent))
+        # Else the process is gone: _died answered 451 to its messages already.
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy

@@ -225,3 +225,31 @@ def test_when_one_commit_process_dies_the_other_goes_on(tmp_path: Path) -> None:
         await group.close()
 
     asyncio.run(main())
+
+
+def test_the_messages_of_one_loop_turn_reach_a_process_in_one_write(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()
+
+    async def main() -> tuple[list[int], list[str]]:
+        group, _submitter, _log, _policy = _committer(queue, processes=1)
+        await group.start(asyncio.get_running_loop())
+        (child,) = group.children
+        assert child.transport is not None
+        writes: list[int] = []
+        real_write = child.transport.write
+
+        def counting(data: bytes) -> None:
+            writes.append(len(data))
+            real_write(data)
+
+        child.transport.write = counting  # type: ignore[method-assign]
+        futures = [group(_submission(tmp_path, BODY)) for _ in range(5)]  # one turn
+        replies = list(await asyncio.gather(*[f for f in futures if f is not None]))
+        await group.close()
+        return writes, replies
+
+    writes, replies = asyncio.run(main())
+    assert len(writes) == 1  # the options and five messages, together
+    assert all(r.startswith("250 2.0.0 Ok: queued as ") for r in replies)
+    assert len(os.listdir(queue.dir("queue"))) == 5
