@@ -28,6 +28,33 @@ _FACILITIES = {
 }
 _LEVELS = {"error": 3, "warning": 4, "info": 6, "debug": 7}
 
+#: This process's id and the current second's time stamp, for JSON records:
+#: glibc no longer caches getpid(), and strftime is the dearest part of a
+#: record; serve writes one or two records per message.
+_PID = [os.getpid()]
+_STAMP: "list[object]" = [-1, ""]
+
+
+def _forked() -> None:
+    _PID[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """``os.getpid()``, kept up to date across fork."""
+    return _PID[0]
+
+
+def timestamp() -> str:
+    """The time of a JSON record, ISO 8601 with the zone offset (made once per second)."""
+    now = int(time.time())
+    stamp = _STAMP
+    if stamp[0] != now:
+        stamp[:] = [now, time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))]
+    return str(stamp[1])
+
 
 def printable(value: object, limit: int = 2000) -> str:
     """``value`` as one line with no control characters, cut at ``limit`` characters."""
@@ -113,10 +140,10 @@ class Logger:
         import json
 
         record: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "time": timestamp(),
             "level": level,
             "program": self.ident,
-            "pid": os.getpid(),
+            "pid": current_pid(),
             **fields,
         }
         try:

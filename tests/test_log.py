@@ -6,6 +6,7 @@ import io
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,30 @@ def test_a_closed_stderr_never_stops_delivery() -> None:
     json_log.stream = out
     json_log.line("x")
     json_log.event("Q3", "info", status="sent")
+
+
+def test_json_records_carry_the_pid_of_the_process_that_writes_them(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from pysendmail.log import Logger
+
+    out = tmp_path / "out"
+    with out.open("w") as stream:
+        log = Logger("stderr", "json", stream=stream)
+        log.line("parent")
+        stream.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            log.line("child")
+            stream.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        log.line("parent again")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["message"], r["pid"]) for r in records] == [
+        ("parent", os.getpid()),
+        ("child", pid),
+        ("parent again", os.getpid()),
+    ]
+    assert all(r["time"][:2] == "20" and r["time"][-5] in "+-" for r in records)

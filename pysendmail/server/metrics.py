@@ -32,7 +32,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from pysendmail.log import Logger, printable
+from pysendmail.log import Logger, current_pid, printable, timestamp
 
 if TYPE_CHECKING:
     from pysendmail.queue.spool import Queue
@@ -350,10 +350,10 @@ class ServerLogger(Logger):
                 super().line(text, level)
                 return
             record = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "time": timestamp(),
                 "level": level,
                 "program": self.ident,
-                "pid": os.getpid(),
+                "pid": current_pid(),
                 "message": printable(text, 8000),
             }
             try:
