@@ -147,6 +147,16 @@ class IntakeOptions:
         "uid",
     )
 
+    def copy(self) -> "IntakeOptions":
+        """A shallow copy: what ``copy.copy`` makes, without its generic machinery.
+
+        serve's commit processes make one per message from a template.
+        """
+        new = IntakeOptions.__new__(IntakeOptions)
+        for name in IntakeOptions.__slots__:  # __init__ sets every one
+            setattr(new, name, getattr(self, name))
+        return new
+
     def __init__(
         self,
         *,

@@ -224,10 +224,13 @@ class Claim:
 class Queue:
     """One spool directory tree (see the module docstring for the layout)."""
 
-    __slots__ = ("root",)
+    __slots__ = ("_owned_by", "root")
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
+        #: The euid that ``begin`` found owning ``queue/`` (checked once, not per
+        #: message: serve's commit processes begin hundreds a second).
+        self._owned_by: int | None = None
 
     def __repr__(self) -> str:
         return f"Queue({self.root!r})"
@@ -252,7 +255,7 @@ class Queue:
         check_id(queue_id)
         euid = os.geteuid()
         try:
-            owner = os.stat(self.dir("queue")).st_uid
+            owner = euid if self._owned_by == euid else os.stat(self.dir("queue")).st_uid
         except FileNotFoundError:
             owner = self._create_personal(euid)
         except OSError as exc:
@@ -261,6 +264,7 @@ class Queue:
             ) from None
         dir_fd = None
         if owner == euid:
+            self._owned_by = euid
             path = self.path("tmp", queue_id)
             final = self.path("queue", queue_id)
             mode = FILE_MODE
@@ -275,6 +279,7 @@ class Queue:
             else:
                 fd = os.open(os.path.basename(path), CREATE, mode, dir_fd=dir_fd)
         except OSError as exc:
+            self._owned_by = None  # look again next time: the queue may have changed
             if dir_fd is not None:
                 os.close(dir_fd)
             where = os.path.dirname(path)

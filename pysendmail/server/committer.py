@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import io
 import os
 import signal
@@ -78,7 +77,7 @@ def write_one(
     from pysendmail.server.submit import failure
 
     queue_id = make_queue_id()
-    options = copy.copy(template)
+    options = template.copy()
     options.sender = sender
     options.recipients = list(recipients)
     options.body_type = body_type

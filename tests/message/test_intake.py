@@ -918,3 +918,19 @@ def test_odd_login_names_are_quoted_not_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(pwd, "getpwuid", getpwuid)
     result = run(b"\nx\n", recipients=["a@example.com"], uid=5000)
     assert result.envelope.sender == '"AD\\\\jdoe"@example.com'
+
+
+def test_options_copy_is_a_shallow_copy_of_every_slot() -> None:
+    import copy
+
+    from pysendmail.message.intake import IntakeOptions
+
+    template = IntakeOptions(dot_ends_input=False, sender="a@example.com", recipients=["b@x.org"])
+    template.queue_id = "ABC"
+    twin = template.copy()
+    assert twin is not template
+    for name in IntakeOptions.__slots__:
+        assert getattr(twin, name) is getattr(template, name), name
+        assert getattr(twin, name) is getattr(copy.copy(template), name), name
+    twin.sender = "c@example.com"
+    assert template.sender == "a@example.com"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pysendmail.errors import IOFailure
+from pysendmail.errors import CantCreateError, IOFailure
 from pysendmail.message.intake import IntakeOptions, make_queue_id, receive
 from pysendmail.queue import group
 from pysendmail.queue.commit import Pending
@@ -258,3 +258,27 @@ def test_a_file_written_whole_is_checked_by_its_size_alone(
     assert isinstance(results[1], IOFailure) and "not complete" in str(results[1])
     assert os.listdir(queue.dir("queue")) == [good.queue_id]
     assert os.listdir(queue.dir("tmp")) == []
+
+
+def test_begin_looks_at_the_queue_owner_once_and_again_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    _written(queue, 1)[0].abort()  # lays the queue out
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", counting)
+    for p in _written(queue, 3):
+        p.abort()
+    assert [s for s in stats if s.endswith("/queue")] == []  # known from the first
+    os.rename(queue.dir("tmp"), queue.dir("tmp.gone"))
+    with pytest.raises(CantCreateError):
+        queue.begin(make_queue_id())
+    os.rename(queue.dir("tmp.gone"), queue.dir("tmp"))
+    queue.begin(make_queue_id()).abort()
+    assert [s for s in stats if s.endswith("/queue")] == [queue.dir("queue")]
