@@ -571,12 +571,7 @@ class Runner:
         """
         result = []
         ids = self.queue.ids()
-        try:
-            # A message without a state file was never tried: due, and no need
-            # to try opening a file that is not there, once per message.
-            recorded: set[str] | None = set(self.queue.ids("state"))
-        except (OSError, errors.PysendmailError):
-            recorded = None
+        recorded = self._recorded()
         for queue_id in ids:
             if recorded is not None and queue_id not in recorded:
                 result.append(queue_id)
@@ -590,6 +585,17 @@ class Runner:
                 result.append(queue_id)
         return result
 
+    def _recorded(self) -> set[str] | None:
+        """The ids that have a state file (None when state/ cannot be listed).
+
+        A message without one was never tried: it is due, and there is no need
+        to try opening a file that is not there, once per message.
+        """
+        try:
+            return set(self.queue.ids("state"))
+        except (OSError, errors.PysendmailError):
+            return None
+
     def next_due(self) -> float | None:
         """The earliest time a queued message falls due, or None when nothing is pending.
 
@@ -599,10 +605,7 @@ class Runner:
         """
         now = self.clock()
         ids = self.queue.ids()
-        try:
-            recorded: set[str] | None = set(self.queue.ids("state"))
-        except (OSError, errors.PysendmailError):
-            recorded = None
+        recorded = self._recorded()
         if recorded is not None and any(queue_id not in recorded for queue_id in ids):
             return now
         earliest: float | None = None

@@ -25,14 +25,13 @@ SECURITY: the metrics name no address, no queue id and no reply text.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from pysendmail.log import Logger, current_pid, printable, timestamp
+from pysendmail.log import Logger
 
 if TYPE_CHECKING:
     from pysendmail.queue.spool import Queue
@@ -302,9 +301,9 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 class ServerLogger(Logger):
     """The logger of ``serve``: thread-safe, JSON for every line, counting deliveries.
 
-    ``Logger.line`` writes text even in JSON mode; here every line is a JSON
-    object (``message`` holds the text), so ``log.format = "json"`` gives one
-    object per line. Lines below ``level`` are dropped.
+    Lines below ``level`` are dropped; the others are written as ``Logger``
+    writes them (in JSON mode one object per line, ``message`` holding the
+    text), one thread at a time.
     """
 
     __slots__ = ("_lock", "metrics", "threshold")
@@ -346,18 +345,4 @@ class ServerLogger(Logger):
         if _LEVELS.get(level, 20) < self.threshold:
             return
         with self._lock:
-            if self.format != "json" or self.target == "syslog":
-                super().line(text, level)
-                return
-            record = {
-                "time": timestamp(),
-                "level": level,
-                "program": self.ident,
-                "pid": current_pid(),
-                "message": printable(text, 8000),
-            }
-            try:
-                self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+            super().line(text, level)
