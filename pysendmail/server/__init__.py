@@ -10,9 +10,13 @@ their own. Configured by ``[server]`` or ``PYSENDMAIL_SERVER__…`` alone.
 
 The modules: ``listener`` (the aiosmtpd protocol and handler, also used by
 ``sendmail -bs``), ``policy`` (who may send what), ``passwords`` (AUTH users'
-hashes), ``submit`` (the commit), ``metrics`` (counters, gauges, the
-Prometheus text, the logger that counts), ``http`` (the probe server),
-``stdio`` (an SMTP session on stdin/stdout), ``main`` (the process, signals).
+hashes), ``replies`` (reply texts), ``submit`` (the commit in a thread),
+``committer`` (the commit processes, seen from the listener) and
+``commitchild`` (such a process), ``delivery`` (the delivery processes),
+``frames`` (what travels between serve and them), ``metrics`` (counters,
+gauges, the Prometheus text, the logger that counts), ``http`` (the probe
+server), ``stdio`` (an SMTP session on stdin/stdout), ``main`` (the process,
+signals).
 
 What this package must never do: answer 250 to a message that is not
 durable; relay for a client outside ``allowed_networks``; offer AUTH without

@@ -16,11 +16,14 @@ arrived while the previous one was being synced, so the group size follows
 the load and a lone message is committed at once.
 
 The protocol, over a socket pair; every frame is 4 octets of length, then a
-pickle. The listener sends ``("options", IntakeOptions)`` when the intake
-options changed (first, and after a reload) and ``("job", seq, sender,
-recipients, body_type, data, trace)`` for each message; the child answers each group
-with one frame: a list of ``(seq, reply, log_text, level, queue_id, sender,
-size, nrcpt)``.
+pickle. The child (``commitchild``: its own module, so that it loads neither
+asyncio nor aiosmtpd) says ``"ready"`` once it has loaded what it needs. The
+listener sends ``("options", IntakeOptions)`` at once and whenever the intake
+options change (after a reload), and ``("job", seq, sender, recipients,
+body_type, data, trace)`` for each message; the child answers each group with
+one frame: a list of ``(seq, reply, log_text, level, queue_id, sender, size,
+nrcpt)``. ``serve`` opens its listeners only when every child is ready
+(``wait_ready``), so the first clients do not wait for interpreters to start.
 
 What it must never do: answer a 250 for a message before ``commit_group``
 returned ``None`` for it (after its group's directory fsync). When the child
@@ -36,187 +39,17 @@ committing and answering every message it has read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
-import signal
-import socket
 import subprocess
-import sys
-import threading
 from typing import TYPE_CHECKING, Any
 
 from pysendmail.server.frames import FrameBuffer, FrameError, frame, start_helper
 
 if TYPE_CHECKING:
-    from pysendmail.message.intake import IntakeOptions
-    from pysendmail.queue.commit import Pending
-    from pysendmail.queue.spool import Queue
+    from pysendmail.server.commitchild import Result
     from pysendmail.server.listener import Submission
     from pysendmail.server.policy import Policy
     from pysendmail.server.submit import QueueSubmitter
-
-#: ``(seq, reply, log_text, level, queue_id, sender, size, nrcpt)``
-Result = tuple[int, str, "str | None", str, str, str, int, int]
-#: What the intake left for the commit stage: the file, or the answer already.
-Written = tuple[int, "Pending | None", "Result | None", str, int, int]
-
-
-def write_one(
-    queue: Queue,
-    template: IntakeOptions,
-    seq: int,
-    sender: str,
-    recipients: list[str],
-    body_type: str | None,
-    data: bytes,
-    trace: tuple[str, str, str] | None = None,
-) -> Written:
-    """The intake of one message into ``tmp/`` (not yet durable), or its refusal."""
-    from pysendmail.message.intake import make_queue_id, receive
-    from pysendmail.server.submit import failure
-
-    queue_id = make_queue_id()
-    options = template.copy()
-    options.sender = sender
-    options.recipients = list(recipients)
-    options.body_type = body_type
-    options.queue_id = queue_id
-    options.trace = trace
-    try:
-        pending = queue.begin(queue_id)
-        try:
-            # The file is built in memory (the message is, already) and written
-            # once: the intake's seeks and tells would each be a system call.
-            built = io.BytesIO()
-            envelope = receive(io.BytesIO(data), built, options)
-            written = built.getbuffer()
-            pending.file.write(written)
-            pending.expected_size = len(written)
-        except BaseException:
-            pending.abort()
-            raise
-    except Exception as exc:
-        reply, text, level = failure(exc)
-        if text is None:
-            text = f"internal error: {type(exc).__name__}: {exc}"
-        return seq, None, (seq, reply, text, level, queue_id, sender, 0, 0), "", 0, 0
-    return seq, pending, None, envelope.sender, envelope.size, len(envelope.recipients)
-
-
-def commit_written(items: list[Written]) -> list[Result]:
-    """Commit the files of ``items`` as one group; the answer of every item."""
-    from pysendmail.queue.group import commit_group
-    from pysendmail.server.submit import failure
-
-    pendings = [item[1] for item in items if item[1] is not None]
-    try:
-        outcomes = iter(commit_group(pendings))
-    except BaseException:
-        for p in pendings:
-            p.abort()
-        raise
-    results: list[Result] = []
-    for seq, pending, answered, sender, size, nrcpt in items:
-        if pending is None:
-            assert answered is not None
-            results.append(answered)
-            continue
-        queue_id = pending.queue_id
-        problem = next(outcomes)
-        if problem is None:
-            reply = f"250 2.0.0 Ok: queued as {queue_id}"
-            results.append((seq, reply, None, "info", queue_id, sender, size, nrcpt))
-        else:
-            reply, text, level = failure(problem)
-            text = text or f"not queued: {problem}"
-            results.append((seq, reply, text, level, queue_id, sender, 0, 0))
-    return results
-
-
-class CommitStage(threading.Thread):
-    """The child's second stage: commits what the intake wrote, a group at a time, and answers."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(name="pysendmail-commit", daemon=True)
-        self.sock = sock
-        self.cond = threading.Condition()
-        self.items: list[Written] = []
-        self.closing = False
-        self.failed: BaseException | None = None
-
-    def put(self, item: Written) -> None:
-        with self.cond:
-            self.items.append(item)
-            self.cond.notify()
-
-    def finish(self) -> None:
-        """Commit and answer what is left, then stop."""
-        with self.cond:
-            self.closing = True
-            self.cond.notify()
-        self.join()
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.items and not self.closing:
-                    self.cond.wait()
-                if not self.items:
-                    return
-                group, self.items = self.items, []
-            try:
-                answers = commit_written(group)
-                self.sock.sendall(frame(answers))
-            except BaseException as exc:
-                # The listener is gone, or a bug: stop the child. Whatever was
-                # not answered gets 451 from the listener (or nobody is left
-                # to tell); files not committed are cleaned up as stale.
-                self.failed = exc
-                with contextlib.suppress(Exception):
-                    print(
-                        f"pysendmail: commit process: {type(exc).__name__}: {exc}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                os._exit(75)
-
-
-def child_main(fd: int, queue_root: str) -> int:
-    from pysendmail.queue.spool import Queue
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    queue = Queue(queue_root)
-    stage = CommitStage(sock)
-    stage.start()
-    template: Any = None
-    # Read whatever has arrived (under load, several messages per system call)
-    # rather than a frame at a time (two calls per message).
-    frames = FrameBuffer()
-    try:
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                break
-            for item in frames.feed(data):
-                got: Any = item
-                if got[0] == "options":
-                    template = got[1]
-                    continue
-                _, seq, sender, recipients, body_type, body, trace = got
-                stage.put(
-                    write_one(queue, template, seq, sender, recipients, body_type, body, trace)
-                )
-    finally:
-        stage.finish()
-    return 0
-
-
-# --------------------------------------------------------------------------- the listener's side
-
 
 #: How many commit processes: each runs the intake and commits on a core of
 #: its own; two keep the disk busy while one of them computes.
@@ -228,9 +61,13 @@ _TRY_AGAIN = "451 4.3.0 Cannot queue the message now, try again later"
 class _Child(asyncio.Protocol):
     """One commit process, seen from the listener: its socket and its messages under way."""
 
-    def __init__(self, owner: GroupCommitter, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, owner: GroupCommitter, proc: subprocess.Popen[bytes], ready: asyncio.Future[None]
+    ) -> None:
         self.owner = owner
         self.proc = proc
+        #: Done when the process said it is ready (or ended before it could).
+        self.ready = ready
         self.transport: asyncio.Transport | None = None
         self.outstanding: dict[int, tuple[Submission, asyncio.Future[str]]] = {}
         self.sent_policy: Policy | None = None
@@ -249,6 +86,10 @@ class _Child(asyncio.Protocol):
             self.owner._died(self, f"a commit process sent {exc}")
             return
         for results in found:
+            if results == "ready":
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                continue
             self.owner._answer(self, results)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -296,14 +137,23 @@ class GroupCommitter:
         self.idle.set()
         for _ in range(self.processes):
             try:
-                proc, parent = start_helper("pysendmail.server.committer", self.queue_root)
+                proc, parent = start_helper("pysendmail.server.commitchild", self.queue_root)
             except OSError:
                 if self.children:
                     break  # fewer processes: still a group commit
                 raise
-            one = _Child(self, proc)
+            one = _Child(self, proc, loop.create_future())
             self.children.append(one)
             await loop.connect_accepted_socket(lambda one=one: one, sock=parent)  # type: ignore[misc]
+            # Its options now, so that it has loaded them before the first message.
+            self._send_options(loop, one)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until every commit process is ready (at most ``timeout`` s); whether they are."""
+        waiting = [c.ready for c in self.children if not c.ready.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        return all(c.ready.done() for c in self.children)
 
     # -- the listener's calls --------------------------------------------------
 
@@ -324,11 +174,7 @@ class GroupCommitter:
         assert transport is not None
         submission.spool.close()
         if child.sent_policy is not self.policy:
-            if self._options[0] is not self.policy:
-                options = self.policy.intake_options(None, [], None)
-                self._options = (self.policy, frame(("options", options)))
-            self._send(loop, child, self._options[1])
-            child.sent_policy = self.policy
+            self._send_options(loop, child)
         self.seq += 1
         seq = self.seq
         future: asyncio.Future[str] = loop.create_future()
@@ -346,6 +192,14 @@ class GroupCommitter:
         )
         self._send(loop, child, frame(job))
         return future
+
+    def _send_options(self, loop: asyncio.AbstractEventLoop, child: _Child) -> None:
+        """Send ``child`` the intake options of the current policy (made once per policy)."""
+        if self._options[0] is not self.policy:
+            options = self.policy.intake_options(None, [], None)
+            self._options = (self.policy, frame(("options", options)))
+        self._send(loop, child, self._options[1])
+        child.sent_policy = self.policy
 
     def _send(self, loop: asyncio.AbstractEventLoop, child: _Child, data: bytes) -> None:
         # The messages that finish in one turn of the loop go to a commit process
@@ -397,6 +251,8 @@ class GroupCommitter:
         transport, child.transport = child.transport, None
         if transport is not None:
             transport.abort()
+        if not child.ready.done():
+            child.ready.set_result(None)  # nobody waits for it any longer
         outstanding, child.outstanding = child.outstanding, {}
         for _submission, future in outstanding.values():
             if not future.done():
@@ -420,7 +276,3 @@ class GroupCommitter:
         for proc in [c.proc for c in children] + self.dead:
             await loop.run_in_executor(None, proc.wait)
         self.children, self.dead = [], []
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(int(sys.argv[1]), sys.argv[2]))

@@ -17,8 +17,9 @@ seconds, so mail arriving a message at a time still travels over one
 connection, with RSET between messages.
 
 The protocol, over one socket pair per worker (``frames``): serve sends
-``("settings", Settings)`` first and after a reload, then ``("run", ids,
-forced)``; the worker answers with its log lines, ``("lines", [("event",
+``("settings", Settings)`` as soon as the worker starts and after a reload
+(the worker answers ``("ready",)`` once it has its runner), then ``("run",
+ids, forced)``; the worker answers with its log lines, ``("lines", [("event",
 queue_id, level, fields) or ("line", text, level), ...])`` in batches
 (``_Forwarder``: within ``FLUSH_AFTER`` seconds; serve writes them to its own
 log, which also counts the metrics), then ``("done", counts, error)``: its
@@ -219,6 +220,7 @@ def worker_main(fd: int, nice: int = 0) -> int:
                 if runner is not None:
                     runner.kept.really_close()
                 runner = WorkerRunner(got[1], log, stopping)
+                log.send(frame(("ready",)))
             elif got[0] == "run" and runner is not None:
                 summary, error = runner.deliver(list(got[1]), forced=bool(got[2]))
                 log.send(frame(("done", summary.counts(), error)))
@@ -250,6 +252,7 @@ class _Worker:
         self.sock = sock
         self.nice = nice  # the increment it was started with
         self.settings: object = None  # the settings object it was sent last
+        self.ready = False  # it answered those settings
         self.frames = FrameBuffer()
 
 
@@ -283,6 +286,50 @@ class DeliveryPool:
         with self.lock:
             while not self.closed and len(self.workers) < self.size:
                 self.workers.append(self._start_one())
+
+    def prepare(self, settings: object) -> None:
+        """Send ``settings`` to the workers that do not have them yet (before their first run)."""
+        with self.lock:
+            workers = list(self.workers)
+        for worker in workers:
+            if worker.settings is settings:
+                continue
+            try:
+                worker.sock.sendall(frame(("settings", settings)))
+            except OSError as exc:
+                self.log.line(str(self._lost(worker, f"cannot reach it: {exc}")), "error")
+                continue
+            worker.settings = settings
+            worker.ready = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker answered its settings (at most ``timeout`` s); whether all did.
+
+        Serve calls it once at start, before the runner's thread runs (the pool
+        is then used by that thread alone). A worker that ends meanwhile is
+        dropped; the next run starts another.
+        """
+        deadline = time.monotonic() + timeout
+        summary = RunSummary()
+        with selectors.DefaultSelector() as selector:
+            waiting: dict[int, _Worker] = {}
+            for worker in list(self.workers):
+                if worker.settings is not None and not worker.ready:
+                    waiting[worker.sock.fileno()] = worker
+                    selector.register(worker.sock, selectors.EVENT_READ)
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                for key, _ in selector.select(left):
+                    worker = waiting[key.fd]
+                    outcome = self._read(worker, summary)
+                    if worker.ready or outcome is not None:
+                        selector.unregister(key.fd)
+                        del waiting[key.fd]
+                    if isinstance(outcome, errors.PysendmailError):
+                        self.log.line(str(outcome), "error")
+        return True
 
     def available(self) -> bool:
         """Whether a run can go to the workers (else the runner delivers in its own thread)."""
@@ -365,6 +412,8 @@ class DeliveryPool:
                         self.log.event(queue_id, level, **fields)
                     else:
                         self.log.line(line[1], line[2])
+            elif kind == "ready":
+                worker.ready = True
             elif kind == "done":
                 _, counts, error = got
                 summary.add(RunSummary.from_counts(counts))

@@ -54,6 +54,7 @@ from aiosmtpd.smtp import Envelope as _AiosmtpdEnvelope
 from pysendmail import errors
 from pysendmail.log import printable
 from pysendmail.server.policy import Policy, RateLimiter, client_ip, client_key
+from pysendmail.server.replies import reply_text
 
 if TYPE_CHECKING:
     from pysendmail.server.metrics import Metrics
@@ -102,11 +103,6 @@ if _SANITIZED_LOG is not None and not hasattr(_SANITIZED_LOG, "wrapped"):
 OK_SENDER = "250 2.1.0 Ok"
 OK_RECIPIENT = "250 2.1.5 Ok"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-
-
-def reply_text(text: object, limit: int = 200) -> str:
-    """Client-derived text made safe for one reply line: printable, one line, short."""
-    return " ".join(printable(text, limit).split())
 
 
 class Spool:

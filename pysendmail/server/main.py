@@ -3,11 +3,13 @@
 Start-up: load the configuration (full validation, the users' hashes, the
 TLS certificate, the aliases), make sure the queue exists, bind every
 listener (TCP addresses and the unix socket) and the HTTP address, then — when
-started as root — become the queue's owner, start the commit process
-(``committer``: intake and group commit), start the runner in a thread
-(``Runner.watch``: woken by every commit through the trigger FIFO, this
-process's and any other's on a shared volume, and by retry times) with its
-deliveries in ``queue.connections`` worker processes (``delivery``), and serve.
+started as root — become the queue's owner, start the commit processes
+(``committer``: intake and group commit) and the ``queue.connections``
+delivery processes (``delivery``), wait until they have started (the
+listeners are bound but accept nobody meanwhile), start accepting, start the
+runner in a thread (``Runner.watch``: woken by every commit through the
+trigger FIFO, this process's and any other's on a shared volume, and by retry
+times, delivering through those processes), and serve.
 
 Signals:
 
@@ -69,6 +71,9 @@ if TYPE_CHECKING:
 COMMIT_THREADS = 16
 #: Threads that check passwords (scrypt takes 16 MiB and tens of milliseconds each).
 VERIFY_THREADS = 2
+#: How long serve waits for its commit and delivery processes to start before
+#: it accepts clients anyway (an interpreter starts in a tenth of a second).
+HELPER_START_WAIT = 10.0
 #: How often a shutdown looks for sessions that finished their transaction.
 SWEEP_INTERVAL = 0.05
 #: Keys whose change needs a restart (they are bound or opened at start).
@@ -256,6 +261,10 @@ class App:
             await self._bind(loop)
             _drop_privileges(self.queue, self._log_line)
             await self._start_committer(loop)
+            self._start_pool()
+            await self._wait_helpers(loop)
+            for srv in self.servers:
+                await srv.start_serving()
             self._start_runner()
             self._install_signals(loop)
             shown = ", ".join(self.addresses)
@@ -279,7 +288,9 @@ class App:
         for address in server.listen:
             host, port = split_listen(address)
             try:
-                srv = await loop.create_server(factory, host, port, backlog=512)
+                srv = await loop.create_server(
+                    factory, host, port, backlog=512, start_serving=False
+                )
             except OSError as exc:
                 raise ListenError(
                     f"server.listen: cannot listen on {address}: {exc.strerror or exc}"
@@ -292,7 +303,7 @@ class App:
             path = server.unix_socket
             _remove_stale_socket(path)
             try:
-                srv = await loop.create_unix_server(factory, path, backlog=512)
+                srv = await loop.create_unix_server(factory, path, backlog=512, start_serving=False)
                 os.chmod(path, server.unix_socket_mode)
             except OSError as exc:
                 raise ListenError(
@@ -322,13 +333,35 @@ class App:
             return
         self.handler.group_submit = self.group
 
-    def _start_runner(self) -> None:
+    def _start_pool(self) -> None:
         try:
             self.pool.start()
-            self.runner.pool = self.pool
         except OSError as exc:
             self._log_line(f"no delivery processes ({exc}): delivering in threads", "warning")
+            return
+        self.pool.prepare(self.runner.settings)
+        self.runner.pool = self.pool
 
+    async def _wait_helpers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (a bounded time) until the commit and delivery processes have started.
+
+        The listeners are bound but not accepting meanwhile: a client that came
+        now would wait for interpreters to load, and their start-up would take
+        CPU from the first sessions. Past ``HELPER_START_WAIT`` serve accepts
+        anyway (the messages wait in the helpers' sockets) and says so.
+        """
+        committers, workers = await asyncio.gather(
+            self.group.wait_ready(HELPER_START_WAIT),
+            loop.run_in_executor(None, self.pool.wait_ready, HELPER_START_WAIT),
+        )
+        if not (committers and workers):
+            late = "the commit processes" if not committers else "the delivery processes"
+            self._log_line(
+                f"{late} did not start within {HELPER_START_WAIT:g}s: accepting anyway",
+                "warning",
+            )
+
+    def _start_runner(self) -> None:
         def watch() -> None:
             try:
                 self.runner.watch(self.stopping)

@@ -24,22 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pysendmail import errors
-from pysendmail.server.listener import Submission, reply_text
+from pysendmail.server.replies import failure
 
 if TYPE_CHECKING:
     from pysendmail.log import Logger
     from pysendmail.queue.spool import Queue
+    from pysendmail.server.listener import Submission
     from pysendmail.server.metrics import Metrics
     from pysendmail.server.policy import Policy
-
-_TEMPORARY = (
-    errors.TemporaryFailure,
-    errors.CantCreateError,
-    errors.IOFailure,
-    errors.PermissionDeniedError,
-    errors.ConfigError,
-)
 
 
 class QueueSubmitter:
@@ -98,22 +90,3 @@ class QueueSubmitter:
         self.log.event(queue_id, "info", **fields)
         if self.metrics is not None:
             self.metrics.message_accepted(size)
-
-
-def failure(exc: BaseException) -> tuple[str, str | None, str]:
-    """The DATA reply, the log text (``None``: not ours to answer) and level for a failure."""
-    if isinstance(exc, _TEMPORARY):
-        return (
-            f"451 4.3.0 Cannot queue the message now, try again later: {reply_text(exc, 120)}",
-            f"not queued: {exc}",
-            "error",
-        )
-    if isinstance(exc, errors.PysendmailError):
-        return f"554 5.6.0 Message refused: {reply_text(exc)}", f"refused: {exc}", "warning"
-    if isinstance(exc, OSError):
-        return (
-            "451 4.3.0 Cannot queue the message now, try again later",
-            f"not queued: {exc.strerror or exc}",
-            "error",
-        )
-    return "451 4.3.0 Temporary server error, try again later", None, "error"

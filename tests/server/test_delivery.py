@@ -214,3 +214,98 @@ def test_a_flush_to_a_closed_serve_stops_the_timer_quietly() -> None:
         assert log.thread is not None
         log.thread.join(1)
         assert not log.thread.is_alive()
+
+
+def test_the_workers_get_their_settings_at_start_and_say_ready(
+    tmp_path: Path, smtpd_factory: type[RecordingServer]
+) -> None:
+    relay = smtpd_factory()
+    config = write_config(tmp_path, relay.port, queue={"connections": 2})
+    with InProcessServer(config) as srv:
+        pool = srv.app.pool
+        # Ready before the listeners accepted anybody: nothing was delivered yet.
+        assert len(pool.workers) == 2 and all(w.ready for w in pool.workers)
+        assert all(w.settings is srv.app.runner.settings for w in pool.workers)
+        assert relay.envelopes == []
+        send(srv, "x@example.org", "after the start")
+        srv.wait_for(lambda: len(relay.envelopes) == 1)
+
+
+def test_waiting_for_workers_drops_a_dead_one_and_bounds_a_stopped_one(tmp_path: Path) -> None:
+    from pysendmail.log import Logger
+    from pysendmail.server.delivery import DeliveryPool
+    from pysendmail.server.main import load
+
+    class _Log(Logger):
+        def __init__(self) -> None:
+            super().__init__("stderr")
+            self.said: list[str] = []
+
+        def line(self, text: str, level: str = "info") -> None:
+            self.said.append(text)
+
+    log = _Log()
+    settings = load(str(write_config(tmp_path, 9)), {}).settings  # the relay is never used
+    pool = DeliveryPool(2, log)
+    pool.start()
+    dead, stopped = pool.workers
+    try:
+        dead.proc.kill()
+        dead.proc.wait()
+        stopped.proc.send_signal(signal.SIGSTOP)
+        pool.prepare(settings)  # the dead one's socket may still take the frame
+        started = time.monotonic()
+        assert pool.wait_ready(0.5) is False  # the stopped one never answers
+        assert 0.4 < time.monotonic() - started < 5
+        assert pool.workers == [stopped]
+        assert any("a delivery process ended by signal 9" in t for t in log.said)
+        stopped.proc.send_signal(signal.SIGCONT)
+        assert pool.wait_ready(30) is True and stopped.ready
+    finally:
+        stopped.proc.send_signal(signal.SIGCONT)
+        pool.close(10)
+
+
+def test_serve_accepts_nobody_until_its_helpers_have_started(
+    tmp_path: Path, smtpd_factory: type[RecordingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pysendmail.server import main
+    from pysendmail.server.delivery import DeliveryPool
+
+    release = threading.Event()
+    real_wait = DeliveryPool.wait_ready
+
+    def held(self: DeliveryPool, timeout: float) -> bool:
+        release.wait(30)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(DeliveryPool, "wait_ready", held)
+    relay = smtpd_factory()
+    srv = InProcessServer(write_config(tmp_path, relay.port))
+    srv._thread.start()
+    try:
+        srv.wait_for(lambda: any(not a.startswith("/") for a in srv.app.addresses))
+        with pytest.raises(ConnectionRefusedError):  # bound, not listening yet
+            socket.create_connection(srv.smtp, 5).close()
+        assert not srv.app.ready.is_set()
+        release.set()
+        srv.wait_for(srv.app.ready.is_set)
+        send(srv, "x@example.org", "once ready")
+        srv.wait_for(lambda: len(relay.envelopes) == 1)
+        assert not any("did not start" in m for m in srv.messages())
+    finally:
+        release.set()
+        srv.stop()
+
+    # Helpers that take longer than the bound: serve says so and accepts anyway.
+    monkeypatch.setattr(main, "HELPER_START_WAIT", 0.2)
+    monkeypatch.setattr(DeliveryPool, "wait_ready", lambda self, timeout: False)
+    (tmp_path / "late").mkdir()
+    with InProcessServer(write_config(tmp_path / "late", relay.port)) as late:
+        send(late, "y@example.org", "late helpers")
+        late.wait_for(lambda: len(relay.envelopes) == 2)
+        assert "the delivery processes did not start within 0.2s: accepting anyway" in (
+            late.messages()
+        )

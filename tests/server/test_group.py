@@ -17,7 +17,8 @@ from pysendmail.message.intake import IntakeOptions, make_queue_id, receive
 from pysendmail.queue.commit import Pending
 from pysendmail.queue.group import commit_group
 from pysendmail.queue.spool import Queue
-from pysendmail.server.committer import GroupCommitter, commit_written, write_one
+from pysendmail.server.commitchild import commit_written, write_one
+from pysendmail.server.committer import GroupCommitter
 from pysendmail.server.listener import Spool, Submission
 
 BODY = b"From: a@example.com\r\nSubject: x\r\n\r\nhello\r\n"
@@ -253,3 +254,87 @@ def test_the_messages_of_one_loop_turn_reach_a_process_in_one_write(tmp_path: Pa
     assert len(writes) == 1  # the options and five messages, together
     assert all(r.startswith("250 2.0.0 Ok: queued as ") for r in replies)
     assert len(os.listdir(queue.dir("queue"))) == 5
+
+
+def test_a_commit_process_says_ready_after_loading_the_intake_alone(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()
+
+    async def main() -> None:
+        group, _submitter, _log, policy = _committer(queue, processes=2)
+        await group.start(asyncio.get_running_loop())
+        assert policy.made == 1  # the options went out at start, before any message
+        assert await group.wait_ready(30)
+        assert all(c.ready.done() for c in group.children) and len(group.children) == 2
+        await group.close()
+
+    asyncio.run(main())
+    # What the process loads: the intake and the queue, not the listener's stack.
+    code = (
+        "import sys, pysendmail.server.commitchild\n"
+        "print(sorted(m for m in ('asyncio', 'aiosmtpd', 'ssl', 'pydantic') if m in sys.modules))"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_waiting_for_a_commit_process_that_died_at_start_ends_at_once(tmp_path: Path) -> None:
+    queue = Queue(str(tmp_path / "spool"))
+    queue.begin(make_queue_id()).abort()
+
+    async def main() -> tuple[bool, float]:
+        group, _submitter, log, _policy = _committer(queue, processes=1)
+        await group.start(asyncio.get_running_loop())
+        (child,) = group.children
+        child.proc.kill()  # before it could say ready
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ready = await group.wait_ready(30)
+        took = loop.time() - started
+        assert group.children == []
+        assert any("a commit process is gone" in t for t, _ in log.lines)
+        await group.close()
+        return ready, took
+
+    ready, took = asyncio.run(main())
+    assert ready  # nobody left to wait for: the listener commits in threads
+    assert took < 10
+
+
+def test_waiting_for_a_silent_commit_process_gives_up_after_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from pysendmail.server import committer
+
+    def silent(module: str, *args: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        parent, child = socket.socketpair()
+        proc = subprocess.Popen(  # holds its end open and never says a word
+            [sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(child.fileno(),)
+        )
+        child.close()
+        return proc, parent
+
+    monkeypatch.setattr(committer, "start_helper", silent)
+    queue = Queue(str(tmp_path / "spool"))
+
+    async def main() -> tuple[bool, float]:
+        group, _submitter, _log, _policy = _committer(queue, processes=1)
+        await group.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ready = await group.wait_ready(0.3)
+        took = loop.time() - started
+        group.children[0].proc.kill()
+        await group.close()
+        return ready, took
+
+    ready, took = asyncio.run(main())
+    assert ready is False
+    assert 0.25 < took < 5
