@@ -260,18 +260,20 @@ class App:
         try:
             await self._bind(loop)
             _drop_privileges(self.queue, self._log_line)
+            # From here SIGTERM is a clean stop, even while the helpers start.
+            self._install_signals(loop)
             await self._start_committer(loop)
             self._start_pool()
             await self._wait_helpers(loop)
-            for srv in self.servers:
-                await srv.start_serving()
-            self._start_runner()
-            self._install_signals(loop)
-            shown = ", ".join(self.addresses)
-            self.log.line(f"pysendmail {__version__} serving on {shown}")
-            for warning in self.loaded.warnings:
-                self.log.line(warning, "warning")
-            self.ready.set()
+            if not self._stop_requested.is_set():
+                for srv in self.servers:
+                    await srv.start_serving()
+                self._start_runner()
+                shown = ", ".join(self.addresses)
+                self.log.line(f"pysendmail {__version__} serving on {shown}")
+                for warning in self.loaded.warnings:
+                    self.log.line(warning, "warning")
+                self.ready.set()
             await self._stop_requested.wait()
         finally:
             await self._shutdown()

@@ -309,3 +309,31 @@ def test_serve_accepts_nobody_until_its_helpers_have_started(
         assert "the delivery processes did not start within 0.2s: accepting anyway" in (
             late.messages()
         )
+
+
+def test_a_stop_while_the_helpers_start_ends_serve_cleanly(
+    tmp_path: Path, smtpd_factory: type[RecordingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from pysendmail.server.delivery import DeliveryPool
+
+    release = threading.Event()
+    real_wait = DeliveryPool.wait_ready
+
+    def held(self: DeliveryPool, timeout: float) -> bool:
+        release.wait(30)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(DeliveryPool, "wait_ready", held)
+    relay = smtpd_factory()
+    srv = InProcessServer(write_config(tmp_path, relay.port))
+    srv._thread.start()
+    srv.wait_for(lambda: srv.app.loop is not None and srv.app.pool.workers)
+    workers = [w.proc for w in srv.app.pool.workers]
+    srv.app.stop_soon()  # SIGTERM's handler, before serve has accepted anybody
+    release.set()
+    assert srv.stop() == 0
+    assert not srv.app.ready.is_set()
+    assert all(p.poll() is not None for p in workers)  # the helpers went with it
+    assert not any("serving on" in m for m in srv.messages())
