@@ -357,9 +357,13 @@ class App:
             loop.run_in_executor(None, self.pool.wait_ready, HELPER_START_WAIT),
         )
         if not (committers and workers):
-            late = "the commit processes" if not committers else "the delivery processes"
+            late = " and ".join(
+                name
+                for name, ready in (("the commit", committers), ("the delivery", workers))
+                if not ready
+            )
             self._log_line(
-                f"{late} did not start within {HELPER_START_WAIT:g}s: accepting anyway",
+                f"{late} processes did not start within {HELPER_START_WAIT:g}s: accepting anyway",
                 "warning",
             )
 
