@@ -6,7 +6,9 @@ import os
 import signal
 import smtplib
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -266,12 +268,9 @@ def test_waiting_for_workers_drops_a_dead_one_and_bounds_a_stopped_one(tmp_path:
         pool.close(10)
 
 
-def test_serve_accepts_nobody_until_its_helpers_have_started(
-    tmp_path: Path, smtpd_factory: type[RecordingServer], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
-
-    from pysendmail.server import main
+@pytest.fixture
+def held_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Hold serve's wait for its delivery processes until the event is set."""
     from pysendmail.server.delivery import DeliveryPool
 
     release = threading.Event()
@@ -282,6 +281,20 @@ def test_serve_accepts_nobody_until_its_helpers_have_started(
         return real_wait(self, timeout)
 
     monkeypatch.setattr(DeliveryPool, "wait_ready", held)
+    yield release
+    release.set()
+
+
+def test_serve_accepts_nobody_until_its_helpers_have_started(
+    tmp_path: Path,
+    smtpd_factory: type[RecordingServer],
+    monkeypatch: pytest.MonkeyPatch,
+    held_start: threading.Event,
+) -> None:
+    from pysendmail.server import main
+    from pysendmail.server.delivery import DeliveryPool
+
+    release = held_start
     relay = smtpd_factory()
     srv = InProcessServer(write_config(tmp_path, relay.port))
     srv._thread.start()
@@ -312,20 +325,9 @@ def test_serve_accepts_nobody_until_its_helpers_have_started(
 
 
 def test_a_stop_while_the_helpers_start_ends_serve_cleanly(
-    tmp_path: Path, smtpd_factory: type[RecordingServer], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, smtpd_factory: type[RecordingServer], held_start: threading.Event
 ) -> None:
-    import threading
-
-    from pysendmail.server.delivery import DeliveryPool
-
-    release = threading.Event()
-    real_wait = DeliveryPool.wait_ready
-
-    def held(self: DeliveryPool, timeout: float) -> bool:
-        release.wait(30)
-        return real_wait(self, timeout)
-
-    monkeypatch.setattr(DeliveryPool, "wait_ready", held)
+    release = held_start
     relay = smtpd_factory()
     srv = InProcessServer(write_config(tmp_path, relay.port))
     srv._thread.start()
