@@ -319,8 +319,10 @@ def test_serve_accepts_nobody_until_its_helpers_have_started(
     with InProcessServer(write_config(tmp_path / "late", relay.port)) as late:
         send(late, "y@example.org", "late helpers")
         late.wait_for(lambda: len(relay.envelopes) == 2)
-        assert "the delivery processes did not start within 0.2s: accepting anyway" in (
-            late.messages()
+        said = [m for m in late.messages() if "did not start" in m]
+        # The commit processes may be late too (0.2 s on a loaded machine).
+        assert len(said) == 1 and said[0].endswith(
+            "delivery processes did not start within 0.2s: accepting anyway"
         )
 
 
