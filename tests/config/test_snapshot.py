@@ -19,6 +19,7 @@ import pytest
 
 from pysendmail.config import Settings, load_settings, loader, snapshot
 from pysendmail.errors import ConfigError
+from tests.support.hotpath import HEAVY
 
 Write = Callable[..., str]
 REPO = Path(__file__).resolve().parents[2]
@@ -358,26 +359,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-FORBIDDEN = {
-    "typing",
-    "re",
-    "dataclasses",
-    "enum",
-    "json",
-    "tomllib",
-    "email",
-    "ssl",
-    "asyncio",
-    "socket",
-    "logging",
-    "pydantic",
-    "hashlib",
-    "collections",
-    "functools",
-    "datetime",
-    "subprocess",
-    "__future__",
-}
+FORBIDDEN = HEAVY | {"subprocess"}
 ALLOWED = {
     "os",
     "os.path",

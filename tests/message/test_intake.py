@@ -25,6 +25,7 @@ from pysendmail.message.intake import (
     receive,
     resolve_recipient,
 )
+from tests.support.hotpath import HEAVY
 
 from .helpers import QUEUE_ID, Trickle, crlf, options, reference_lf, run
 
@@ -793,26 +794,7 @@ def test_queue_ids_are_unique_sortable_and_filename_safe() -> None:
     assert len(env.queue_id) == 16
 
 
-FORBIDDEN = {
-    "typing",
-    "re",
-    "dataclasses",
-    "enum",
-    "json",
-    "tomllib",
-    "email",
-    "ssl",
-    "asyncio",
-    "socket",
-    "logging",
-    "pydantic",
-    "hashlib",
-    "collections",
-    "functools",
-    "datetime",
-    "__future__",
-    "contextlib",
-}
+FORBIDDEN = HEAVY | {"contextlib"}
 
 
 def test_the_hot_path_imports_nothing_heavy() -> None:

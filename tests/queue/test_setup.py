@@ -17,6 +17,7 @@ from pysendmail import errors
 from pysendmail.queue import Queue
 from pysendmail.queue.state import State
 from tests.queue.helpers import NO_USER, REPO, enqueue, new_queue, queue_files
+from tests.support.hotpath import HEAVY
 
 
 def _mode(path: str) -> int:
@@ -103,31 +104,14 @@ def test_clean_tmp_removes_old_leftovers_and_nothing_else(tmp_path: pathlib.Path
     assert queue_files(q) == [kept.queue_id] and queue_files(q, "state") == [kept.queue_id]
 
 
-HOT = [
-    "typing",
-    "re",
-    "dataclasses",
-    "enum",
-    "json",
-    "tomllib",
-    "email",
-    "ssl",
-    "asyncio",
-    "socket",
-    "logging",
-    "pydantic",
-    "hashlib",
-    "collections",
-    "functools",
-    "datetime",
-    "__future__",
+HOT = HEAVY | {
     "contextlib",
     "signal",
     "pysendmail.smtp",
     "pysendmail.relay",
     "pysendmail.config.model",
     "pysendmail.runner",
-]
+}
 
 
 def test_the_commit_path_imports_nothing_heavy() -> None:
@@ -143,7 +127,7 @@ def test_the_commit_path_imports_nothing_heavy() -> None:
     )
     loaded = set(done.stdout.split())
     assert "pysendmail.queue.spool" in loaded
-    assert sorted(loaded & set(HOT)) == []
+    assert sorted(loaded & HOT) == []
     assert not any(m.startswith(("pysendmail.smtp.", "email.", "pydantic")) for m in loaded)
 
 
@@ -163,7 +147,7 @@ def test_submitting_in_queue_mode_imports_nothing_heavy(tmp_path: pathlib.Path) 
         [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     )
     loaded = set(done.stdout.split())
-    assert sorted(loaded & set(HOT)) == []
+    assert sorted(loaded & HOT) == []
     assert len(queue_files(Queue(str(tmp_path)))) == 1
 
 
