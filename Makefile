@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Coverage floor: it only ever rises.
-COV_FLOOR ?= 88
+COV_FLOOR ?= 91
 PYTEST_FLAGS ?=
 
 .PHONY: all venv demo test check lint typecheck cov bench clean

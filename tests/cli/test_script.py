@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import BIN, REPO, Mta
+from tests.support.unmeasured import unmeasured
 
 SCRIPTS = ("sendmail", "mailq", "newaliases")
 
@@ -47,7 +48,9 @@ def test_mailq_script_lists_the_queue(mta: Mta) -> None:
 
 
 #: Block-buffered stdout (no PYTHONUNBUFFERED), so output waits for the last flush.
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(REPO)}
+# Unmeasured: these tests are about how the process exits, which coverage's
+# atexit handler would change (exit_now exits the ordinary way when one is set).
+ENV = {k: v for k, v in unmeasured().items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(REPO)}
 
 
 def run_python(code: str, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:

@@ -20,6 +20,7 @@ from pysendmail.queue.spool import Queue
 from pysendmail.server.commitchild import commit_written, write_one
 from pysendmail.server.committer import GroupCommitter
 from pysendmail.server.listener import Spool, Submission
+from tests.support.unmeasured import unmeasured
 
 BODY = b"From: a@example.com\r\nSubject: x\r\n\r\nhello\r\n"
 
@@ -277,7 +278,9 @@ def test_a_commit_process_says_ready_after_loading_the_intake_alone(tmp_path: Pa
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=unmeasured()
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from tests.server.helpers import PYSENDMAIL, clean_environ, http_get, write_config
 from tests.support.smtpd import RecordingServer
+from tests.support.unmeasured import unmeasured
 
 NOBODY = 65534
 # The calls that change the file system (openat is judged by its flags).
@@ -55,7 +56,8 @@ def test_serve_as_nobody_on_a_read_only_root(base: Path, relay: RecordingServer)
     config = write_config(base, relay.port, general={"queue_dir": str(spool_parent / "spool")})
     config.chmod(0o644)
     (base / "aliases").chmod(0o644)
-    env = clean_environ(base)
+    # Unmeasured: coverage would write its data file outside the queue.
+    env = unmeasured(clean_environ(base))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     script = (
         f"mount --bind {spool_parent} {spool_parent} && mount -o remount,ro,bind / && "
