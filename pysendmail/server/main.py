@@ -6,7 +6,8 @@ listener (TCP addresses and the unix socket) and the HTTP address, then — when
 started as root — become the queue's owner, start the commit processes
 (``committer``: intake and group commit) and the ``queue.connections``
 delivery processes (``delivery``), wait until they have started (the
-listeners are bound but accept nobody meanwhile), start accepting, start the
+listeners already listen: a client's connection waits in the kernel's
+backlog for its greeting meanwhile), start accepting, start the
 runner in a thread (``Runner.watch``: woken by every commit through the
 trigger FIFO, this process's and any other's on a shared volume, and by retry
 times, delivering through those processes), and serve.
@@ -43,6 +44,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import stat
 import threading
@@ -74,6 +76,8 @@ VERIFY_THREADS = 2
 #: How long serve waits for its commit and delivery processes to start before
 #: it accepts clients anyway (an interpreter starts in a tenth of a second).
 HELPER_START_WAIT = 10.0
+#: Connections the kernel queues for each listener until serve accepts them.
+LISTEN_BACKLOG = 512
 #: How often a shutdown looks for sessions that finished their transaction.
 SWEEP_INTERVAL = 0.05
 #: Keys whose change needs a restart (they are bound or opened at start).
@@ -291,8 +295,9 @@ class App:
             host, port = split_listen(address)
             try:
                 srv = await loop.create_server(
-                    factory, host, port, backlog=512, start_serving=False
+                    factory, host, port, backlog=LISTEN_BACKLOG, start_serving=False
                 )
+                _listen_now(srv)
             except OSError as exc:
                 raise ListenError(
                     f"server.listen: cannot listen on {address}: {exc.strerror or exc}"
@@ -305,8 +310,11 @@ class App:
             path = server.unix_socket
             _remove_stale_socket(path)
             try:
-                srv = await loop.create_unix_server(factory, path, backlog=512, start_serving=False)
+                srv = await loop.create_unix_server(
+                    factory, path, backlog=LISTEN_BACKLOG, start_serving=False
+                )
                 os.chmod(path, server.unix_socket_mode)
+                _listen_now(srv)
             except OSError as exc:
                 raise ListenError(
                     f"server.unix_socket: cannot listen on {path}: {exc.strerror or exc}"
@@ -347,10 +355,11 @@ class App:
     async def _wait_helpers(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait (a bounded time) until the commit and delivery processes have started.
 
-        The listeners are bound but not accepting meanwhile: a client that came
-        now would wait for interpreters to load, and their start-up would take
-        CPU from the first sessions. Past ``HELPER_START_WAIT`` serve accepts
-        anyway (the messages wait in the helpers' sockets) and says so.
+        The listeners listen but accept nobody meanwhile (a client that comes
+        now waits for its greeting): sessions would otherwise wait for
+        interpreters to load, and their start-up would take CPU from the
+        first sessions. Past ``HELPER_START_WAIT`` serve accepts anyway (the
+        messages wait in the helpers' sockets) and says so.
         """
         committers, workers = await asyncio.gather(
             self.group.wait_ready(HELPER_START_WAIT),
@@ -530,6 +539,24 @@ class App:
             _remove_stale_socket(path)
         if self.runner_thread is not None:
             self._log_line("stopped", "info")
+
+
+def _listen_now(server: asyncio.Server) -> None:
+    """Make the kernel queue connections to ``server`` now; serve accepts them later.
+
+    ``start_serving=False`` leaves the sockets bound but not listening, and a
+    client would be refused while the helpers start. Listening at once, the
+    connections wait in the backlog and get their greeting when serve starts
+    serving: a client waits a moment instead of failing. ``listen`` is done on
+    a duplicate of each descriptor (asyncio's socket wrapper has no
+    ``listen``); the listening state belongs to the socket, not the descriptor.
+    """
+    for wrapped in server.sockets:
+        duplicate = socket.socket(fileno=os.dup(wrapped.fileno()))
+        try:
+            duplicate.listen(LISTEN_BACKLOG)
+        finally:
+            duplicate.close()
 
 
 def _remove_stale_socket(path: str) -> None:

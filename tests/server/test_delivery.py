@@ -290,7 +290,7 @@ def held_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     release.set()
 
 
-def test_serve_accepts_nobody_until_its_helpers_have_started(
+def test_serve_greets_nobody_until_its_helpers_have_started(
     tmp_path: Path,
     smtpd_factory: type[RecordingServer],
     monkeypatch: pytest.MonkeyPatch,
@@ -301,14 +301,27 @@ def test_serve_accepts_nobody_until_its_helpers_have_started(
 
     release = held_start
     relay = smtpd_factory()
-    srv = InProcessServer(write_config(tmp_path, relay.port))
+    path = tmp_path / "smtp.sock"
+    srv = InProcessServer(write_config(tmp_path, relay.port, server={"unix_socket": str(path)}))
     srv._thread.start()
     try:
-        srv.wait_for(lambda: any(not a.startswith("/") for a in srv.app.addresses))
-        with pytest.raises(ConnectionRefusedError):  # bound, not listening yet
-            socket.create_connection(srv.smtp, 5).close()
-        assert not srv.app.ready.is_set()
-        release.set()
+        srv.wait_for(lambda: str(path) in srv.app.addresses)
+        by_path = socket.socket(socket.AF_UNIX)
+        by_path.connect(str(path))  # queued too, not refused
+        by_path.close()
+        # The kernel takes the connection (no client is refused while serve
+        # starts), but nobody greets it until the helpers are ready.
+        early = socket.create_connection(srv.smtp, 5)
+        try:
+            early.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                early.recv(100)
+            assert not srv.app.ready.is_set()
+            release.set()
+            early.settimeout(10)
+            assert early.recv(100).startswith(b"220 ")
+        finally:
+            early.close()
         srv.wait_for(srv.app.ready.is_set)
         send(srv, "x@example.org", "once ready")
         srv.wait_for(lambda: len(relay.envelopes) == 1)
